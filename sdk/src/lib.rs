@@ -1,0 +1,19 @@
+//! # locus-sdk
+//!
+//! Everything a Locus client needs to talk to `locusd`.
+//!
+//! Layout:
+//! - [`wire`]: the wire format — `Report`s from couriers, `Ack`s from the server — as versioned,
+//!   compact postcard (`no_std` + `alloc`, so Wasm guests and the edge component share it), plus
+//!   the JSON view of every message used by tools, tests and other languages.
+//! - [`topics`]: the one place MQTT topic names are built and parsed.
+//!
+//! Data goes: app fix → [`wire::Fix`] → [`wire::Report`] → [`wire::encode`] → MQTT
+//! `couriers/{courier}/locations`; the server answers on `couriers/{courier}/acks` with an
+//! [`wire::Ack`] once the report is durable.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod topics;
+pub mod wire;

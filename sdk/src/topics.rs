@@ -1,0 +1,76 @@
+//! MQTT topic names: the only module that formats or parses them.
+//!
+//! | topic                        | direction          | payload              |
+//! |------------------------------|--------------------|----------------------|
+//! | `couriers/{courier}/locations` | device → server  | [`crate::wire::Report`] |
+//! | `couriers/{courier}/acks`      | server → device  | [`crate::wire::Ack`] (retained) |
+//! | `couriers/{courier}/events`    | device → server  | order events (reserved) |
+//! | `orders/{order}/status`        | server → customers | order status (retained, reserved) |
+
+use alloc::format;
+use alloc::string::String;
+
+/// Filter the server subscribes to for location reports from every courier.
+pub const ALL_LOCATIONS: &str = "couriers/+/locations";
+
+/// Longest courier or order id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Topic a courier publishes its location reports on.
+pub fn locations(courier: &str) -> String {
+    format!("couriers/{courier}/locations")
+}
+
+/// Topic the server publishes a courier's acks on.
+pub fn acks(courier: &str) -> String {
+    format!("couriers/{courier}/acks")
+}
+
+/// Topic a courier publishes order events on.
+pub fn events(courier: &str) -> String {
+    format!("couriers/{courier}/events")
+}
+
+/// Topic customers subscribe to for an order's status.
+pub fn order_status(order: &str) -> String {
+    format!("orders/{order}/status")
+}
+
+/// The courier id in a `couriers/{courier}/locations` topic, if the topic is one and the id is
+/// valid.
+pub fn courier_of_locations(topic: &str) -> Option<&str> {
+    let courier = topic.strip_prefix("couriers/")?.strip_suffix("/locations")?;
+    is_valid_id(courier).then_some(courier)
+}
+
+/// Whether `id` can be used as a courier or order id: 1 to [`MAX_ID_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_`, `.` and `:`. This keeps ids safe inside topics (no `/`, `+`, `#`),
+/// URLs and storage keys.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_courier_topics() {
+        assert_eq!(courier_of_locations(&locations("c-1")), Some("c-1"));
+        assert_eq!(courier_of_locations("couriers/c-1/acks"), None);
+        assert_eq!(courier_of_locations("couriers//locations"), None);
+        assert_eq!(courier_of_locations("couriers/a/b/locations"), None);
+        assert_eq!(courier_of_locations("couriers/a+b/locations"), None);
+    }
+
+    #[test]
+    fn id_rules() {
+        assert!(is_valid_id("sim-0"));
+        assert!(is_valid_id("a.b:c_d"));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("has space"));
+        assert!(!is_valid_id(&"x".repeat(MAX_ID_LEN + 1)));
+    }
+}
