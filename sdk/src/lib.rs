@@ -7,6 +7,8 @@
 //!   compact postcard (`no_std` + `alloc`, so Wasm guests and the edge component share it), plus
 //!   the JSON view of every message used by tools, tests and other languages.
 //! - [`topics`]: the one place MQTT topic names are built and parsed.
+//! - `client` (feature `client`): the courier client — durable on-device outbox, batching,
+//!   MQTT with end-to-end acks and reconnects. See `sdk/README.md`.
 //!
 //! Data goes: app fix → [`wire::Fix`] → [`wire::Report`] → [`wire::encode`] → MQTT
 //! `couriers/{courier}/locations`; the server answers on `couriers/{courier}/acks` with an
@@ -15,5 +17,7 @@
 
 extern crate alloc;
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod topics;
 pub mod wire;

@@ -90,9 +90,19 @@ fn field_error(index: usize, name: &str, problem: &'static str) -> JsonValueErro
     JsonValueError { field: alloc::format!("fixes[{index}].{name}"), problem }
 }
 
+/// An angle in 0..360 (`rem_euclid` needs `std`).
+fn normalize_degrees(deg: f64) -> f64 {
+    let r = deg % 360.0;
+    if r < 0.0 {
+        r + 360.0
+    } else {
+        r
+    }
+}
+
 /// Scales a non-negative quantity to the wire's integer unit.
 fn scaled_unsigned<T: TryFrom<u64>>(value: f64, scale: f64) -> Option<T> {
-    let scaled = (value * scale).round();
+    let scaled = super::round_half_away(value * scale);
     if !(scaled.is_finite() && scaled >= 0.0 && scaled <= u64::MAX as f64) {
         return None;
     }
@@ -119,7 +129,7 @@ impl FixJson {
             .transpose()?;
         let heading_cdeg = self
             .heading
-            .map(|deg| scaled_unsigned::<u16>(deg.rem_euclid(360.0), 100.0).map(|c| c % 36_000))
+            .map(|deg| scaled_unsigned::<u16>(normalize_degrees(deg), 100.0).map(|c| c % 36_000))
             .map(|v| v.ok_or_else(|| field_error(index, "heading", "must be a finite number")))
             .transpose()?;
         let details = FixDetails {

@@ -219,9 +219,19 @@ impl Fix {
 
 /// Degrees to the wire's fixed point, `None` if not finite or too large for the wire type.
 pub fn degrees_to_e7(degrees: f64) -> Option<i32> {
-    let scaled = (degrees * COORD_SCALE).round();
+    let scaled = round_half_away(degrees * COORD_SCALE);
     (scaled.is_finite() && scaled >= f64::from(i32::MIN) && scaled <= f64::from(i32::MAX))
         .then_some(scaled as i32)
+}
+
+/// `f64::round` without `std` (core has no float rounding): half away from zero. Values too
+/// large to have a fraction, and NaN or infinities, come back unchanged.
+pub(crate) fn round_half_away(x: f64) -> f64 {
+    if !x.is_finite() || x.abs() >= 4_503_599_627_370_496.0 {
+        return x; // 2^52: every such f64 is already an integer
+    }
+    let shifted = if x >= 0.0 { x + 0.5 } else { x - 0.5 };
+    shifted as i64 as f64
 }
 
 #[cfg(test)]

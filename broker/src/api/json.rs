@@ -1,0 +1,78 @@
+//! JSON shapes of the API's answers.
+
+use crate::store::{DeadLetter, StoredFix};
+use locus_sdk::wire::json::FixJson;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A fix as the API shows it: the courier, the fix's JSON view (`ts`, `lat`, `lon`, optional
+/// `accuracy`, `speed`, `heading`, `battery`, `order`), plugin attributes and receive time.
+#[derive(Debug, Serialize)]
+pub struct FixView {
+    /// The courier.
+    pub courier: String,
+    /// The fix.
+    #[serde(flatten)]
+    pub fix: FixJson,
+    /// Attributes added by plugins.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// Server receive time, Unix ms.
+    pub received_ms: u64,
+}
+
+impl FixView {
+    /// The view of a stored fix.
+    pub fn new(courier: &str, stored: &StoredFix) -> Self {
+        FixView {
+            courier: courier.to_owned(),
+            fix: FixJson::from(&stored.fix),
+            attributes: stored.attributes.iter().cloned().collect(),
+            received_ms: stored.received_ms,
+        }
+    }
+}
+
+/// A track page.
+#[derive(Debug, Serialize)]
+pub struct TrackView {
+    /// The courier.
+    pub courier: String,
+    /// Fixes, oldest first, without the repeated courier.
+    pub fixes: Vec<serde_json::Value>,
+    /// `since` for the next page, when this page was full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_since: Option<u64>,
+}
+
+impl TrackView {
+    /// The view of a track page.
+    pub fn new(courier: &str, fixes: &[StoredFix], full_page: bool) -> Self {
+        let next_since = full_page.then(|| fixes.last().map(|f| f.fix.ts_ms + 1)).flatten();
+        let fixes = fixes
+            .iter()
+            .map(|f| {
+                let mut value = serde_json::to_value(FixView::new(courier, f))
+                    .expect("FixView serializes to JSON");
+                if let Some(object) = value.as_object_mut() {
+                    object.remove("courier");
+                }
+                value
+            })
+            .collect();
+        TrackView { courier: courier.to_owned(), fixes, next_since }
+    }
+}
+
+/// The JSON of a dead letter; the payload as hex so any bytes survive.
+pub fn dead_letter(id: u64, letter: &DeadLetter) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "topic": letter.topic,
+        "courier": letter.courier,
+        "received_ms": letter.received_ms,
+        "payload_hex": hex::encode(&letter.payload),
+    })
+}

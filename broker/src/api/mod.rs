@@ -1,0 +1,226 @@
+//! The HTTP API (axum).
+//!
+//! Enters: HTTP requests. Leaves: JSON read from the [`Store`], Prometheus text, health.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/couriers/{id}/location` | last location of a courier |
+//! | `GET /v1/couriers/{id}/track?since=&until=&limit=` | recent track (device time, ms) |
+//! | `GET /v1/orders/{id}/location` | last location of an order, with its courier |
+//! | `GET /v1/dead-letters?after=&limit=` | dead letters, oldest first, paged by id |
+//! | `PUT /v1/plugins/{name}` | deploy a plugin (body: the component; settings: JSON in the `Locus-Plugin-Settings` header) |
+//! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | deployed plugins with their stats |
+//! | `DELETE /v1/plugins/{name}`, `POST /v1/plugins/{name}/rollback` | remove, roll back |
+//! | `GET /healthz` | liveness and the state of each part |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! `/v1` routes need `Authorization: Bearer {admin token}` unless the server allows anonymous
+//! access. Errors are JSON `{"error": "..."}` with a fitting status.
+
+mod json;
+mod plugins;
+
+use crate::auth::{Role, TokenAuthority, ADMIN_SUBJECT};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub use json::{FixView, TrackView};
+
+/// Something that adds routes and health to the API (InfluxDB, plugins).
+pub type HealthProbe = Arc<dyn Fn() -> (String, serde_json::Value) + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // holds closures
+pub struct ApiState {
+    /// The store.
+    pub store: Store,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Token checks; `None` = anonymous access allowed.
+    pub auth: Option<Arc<TokenAuthority>>,
+    /// Largest page.
+    pub max_page: usize,
+    /// Extra health sections (name, JSON).
+    pub health: Vec<HealthProbe>,
+    /// The deployed plugins.
+    pub plugins: Arc<crate::plugins::PluginRegistry>,
+}
+
+/// An error answer: a status and a message, as JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage error serving a request");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// The API's routes. Other parts nest their own routes under `/v1` with [`Router::merge`].
+pub fn router(state: ApiState, extra_v1: Router<ApiState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/couriers/{id}/location", get(courier_location))
+        .route("/v1/couriers/{id}/track", get(courier_track))
+        .route("/v1/orders/{id}/location", get(order_location))
+        .route("/v1/dead-letters", get(dead_letters))
+        .merge(plugins::routes())
+        .merge(extra_v1)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn require_admin(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(auth) = &state.auth {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing Authorization: Bearer {admin token}",
+                )
+            })?;
+        auth.verify(Role::Admin, ADMIN_SUBJECT, token)
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    }
+    Ok(next.run(request).await)
+}
+
+fn check_id(kind: &str, id: &str) -> Result<(), ApiError> {
+    if locus_sdk::topics::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("invalid {kind} id {id:?}")))
+    }
+}
+
+async fn courier_location(
+    State(state): State<ApiState>,
+    Path(courier): Path<String>,
+) -> Result<Json<FixView>, ApiError> {
+    check_id("courier", &courier)?;
+    let fix = state
+        .store
+        .last_location(&courier)?
+        .ok_or_else(|| ApiError::not_found(format!("no location for courier {courier}")))?;
+    Ok(Json(FixView::new(&courier, &fix)))
+}
+
+async fn order_location(
+    State(state): State<ApiState>,
+    Path(order): Path<String>,
+) -> Result<Json<FixView>, ApiError> {
+    check_id("order", &order)?;
+    let (courier, fix) = state
+        .store
+        .order_location(&order)?
+        .ok_or_else(|| ApiError::not_found(format!("no location for order {order}")))?;
+    Ok(Json(FixView::new(&courier, &fix)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrackQuery {
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn courier_track(
+    State(state): State<ApiState>,
+    Path(courier): Path<String>,
+    query: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TrackView>, ApiError> {
+    check_id("courier", &courier)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(1000).clamp(1, state.max_page);
+    if state.store.last_location(&courier)?.is_none() {
+        return Err(ApiError::not_found(format!("no track for courier {courier}")));
+    }
+    let fixes = state.store.track(&courier, query.since, query.until, limit)?;
+    Ok(Json(TrackView::new(&courier, &fixes, query.since.is_some() && fixes.len() == limit)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(state): State<ApiState>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, state.max_page);
+    let letters = state.store.dead_letters(query.after.unwrap_or(0), limit)?;
+    let next_after = (letters.len() == limit).then(|| letters.last().map(|(id, _)| *id)).flatten();
+    let items: Vec<_> = letters.iter().map(|(id, l)| json::dead_letter(*id, l)).collect();
+    Ok(Json(serde_json::json!({ "dead_letters": items, "next_after": next_after })))
+}
+
+async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let mut body = serde_json::json!({ "status": "ok" });
+    for probe in &state.health {
+        let (name, value) = probe();
+        body[name] = value;
+    }
+    Json(body)
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    let mut text = state.metrics.encode();
+    // Plugin stats live in the registry (per deployed version); add them before the end marker.
+    let plugin_lines = plugins::metrics_text(&state.plugins.list());
+    match text.rfind("# EOF") {
+        Some(end) => text.insert_str(end, &plugin_lines),
+        None => text.push_str(&plugin_lines),
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+}

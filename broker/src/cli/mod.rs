@@ -1,0 +1,130 @@
+//! The `locusd` command line.
+//!
+//! - `locusd [serve]`: the server (embedded default config, flags override a `--config` file)
+//! - `locusd wire encode|decode`: JSON ⇄ wire bytes on stdin/stdout
+//! - `locusd token issue|admin|revoke`: credentials
+//! - `locusd plugin new|build|deploy|test`: WebAssembly plugins
+//! - `locusd bench`: load generator against a running server
+
+mod bench;
+mod plugin;
+mod token;
+mod wire;
+
+use crate::config::Config;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Locus: real-time courier location ingestion.
+#[derive(Debug, Parser)]
+#[command(name = "locusd", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Convert Locus wire messages between JSON and bytes.
+    #[command(subcommand)]
+    Wire(wire::WireCommand),
+    /// Issue and revoke credentials.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Create, build, deploy and try WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Load-test a running server: fixes/s committed and publish→ack latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags of `locusd serve`; each overrides the config file.
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// TOML configuration file (see locusd.example.toml).
+    #[arg(long, env = "LOCUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./locus-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// MQTT 3.1.1 listen address [default: 127.0.0.1:1883].
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
+    /// MQTT 5 listen address [default: 127.0.0.1:1884].
+    #[arg(long)]
+    mqtt5_listen: Option<SocketAddr>,
+    /// HTTP API listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Accept any MQTT client and API caller without credentials (development only).
+    #[arg(long)]
+    allow_anonymous: bool,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(addr) = self.mqtt_listen {
+            config.mqtt.listen = addr;
+        }
+        if let Some(addr) = self.mqtt5_listen {
+            config.mqtt.listen_v5 = Some(addr);
+        }
+        if let Some(addr) = self.http_listen {
+            config.http.listen = addr;
+        }
+        config.allow_anonymous |= self.allow_anonymous;
+        config.check()?;
+        Ok(config)
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        None => run_server(cli.serve),
+        Some(Command::Serve(args)) => run_server(args),
+        Some(Command::Wire(command)) => command.run(),
+        Some(Command::Token(command)) => command.run(),
+        Some(Command::Plugin(command)) => command.run(),
+        Some(Command::Bench(args)) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_server(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("locusd")
+        .build()?
+        .block_on(crate::serve::serve(config))
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    // rumqttd logs every connection at info; keep it at warn unless asked.
+    let filter = EnvFilter::try_from_env("LOCUS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,58 @@
+//! `locusd wire encode|decode`: JSON ⇄ wire bytes, so any MQTT client can publish reports.
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use locus_sdk::wire::{self, json::MessageJson, Message};
+use std::io::{Read as _, Write as _};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum WireCommand {
+    /// Read a JSON message on stdin, write its wire bytes on stdout.
+    Encode {
+        /// Write hex text instead of raw bytes.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Read wire bytes on stdin, write the message as JSON on stdout.
+    Decode {
+        /// Read hex text instead of raw bytes.
+        #[arg(long)]
+        hex: bool,
+    },
+}
+
+impl WireCommand {
+    pub(super) fn run(self) -> anyhow::Result<()> {
+        let mut input = Vec::new();
+        std::io::stdin().read_to_end(&mut input).context("reading stdin")?;
+        let mut stdout = std::io::stdout().lock();
+        match self {
+            WireCommand::Encode { hex } => {
+                let json: MessageJson = serde_json::from_slice(&input).context(
+                    "stdin is not a Locus message as JSON (a report is \
+                     {\"seq\":1,\"fixes\":[{\"ts\":1763700000000,\"lat\":41.3851,\"lon\":2.1734}]}, \
+                     an ack is {\"seq\":1})",
+                )?;
+                let message = Message::try_from(&json)?;
+                let bytes = wire::encode(&message);
+                if hex {
+                    writeln!(stdout, "{}", ::hex::encode(bytes))?;
+                } else {
+                    stdout.write_all(&bytes)?;
+                }
+            }
+            WireCommand::Decode { hex } => {
+                let bytes = if hex {
+                    let text = String::from_utf8(input).context("stdin is not hex text")?;
+                    ::hex::decode(text.trim()).context("stdin is not hex text")?
+                } else {
+                    input
+                };
+                let message = wire::decode(&bytes).context("stdin is not a Locus wire message")?;
+                serde_json::to_writer(&mut stdout, &MessageJson::from(&message))?;
+                writeln!(stdout)?;
+            }
+        }
+        Ok(())
+    }
+}

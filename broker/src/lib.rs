@@ -1,0 +1,26 @@
+//! # locus-broker — the `locusd` server
+//!
+//! Layout, in the order data flows:
+//! - [`mqtt`]: the embedded rumqttd broker, courier authentication, and the local link the
+//!   pipeline reads reports from and publishes acks to.
+//! - [`pipeline`]: decode → validate → dedup (per-courier seq) → plugin chain → commit batch →
+//!   flush → ack. Bad input becomes dead letters, never a panic.
+//! - [`plugins`]: the WebAssembly plugin host.
+//! - [`store`]: sled trees — last locations, tracks, committed seqs, dead letters, outboxes.
+//! - [`influx`]: ships committed fixes from the outbox to InfluxDB.
+//! - [`api`]: the HTTP API (axum) over the store, plus metrics and health.
+//! - [`auth`]: courier and admin tokens.
+//! - [`config`]: the TOML configuration, one section per part.
+//! - [`cli`]: the `locusd` subcommands.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod influx;
+pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
+pub mod plugins;
+pub mod serve;
+pub mod store;

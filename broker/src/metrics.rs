@@ -1,0 +1,144 @@
+//! Prometheus metrics of the whole server, served at `GET /metrics`.
+//!
+//! One [`Metrics`] is created at start and shared (`Arc`) by the parts that count; each part's
+//! own metrics (InfluxDB shipper, plugins) register into the same registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+/// The `reason` label of dead-letter counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Stable reason code.
+    pub reason: String,
+}
+
+/// Counters, gauges and histograms of the ingest path.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// MQTT publishes taken from the locations topics.
+    pub reports_received: Counter,
+    /// Fixes in decoded reports.
+    pub fixes_received: Counter,
+    /// Reports committed to sled (flushed).
+    pub reports_committed: Counter,
+    /// Fixes committed to sled (flushed).
+    pub fixes_committed: Counter,
+    /// Reports at or below the courier's committed seq (acked again, not reapplied).
+    pub duplicate_reports: Counter,
+    /// Dead letters by reason.
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    /// Acks published to couriers.
+    pub acks_published: Counter,
+    /// Reports per commit batch.
+    pub commit_batch_reports: Histogram,
+    /// Seconds from a batch's first report taken in to its flush completing.
+    pub commit_latency_seconds: Histogram,
+    /// Clients connected to the embedded broker.
+    pub connected_clients: Gauge,
+    /// MQTT connections refused at CONNECT (bad credentials).
+    pub auth_refused: Counter,
+    /// 1 while acks are held back (for example a full InfluxDB outbox), else 0.
+    pub acks_paused: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("locus");
+        let metrics = Metrics {
+            registry: Mutex::new(Registry::default()),
+            reports_received: Counter::default(),
+            fixes_received: Counter::default(),
+            reports_committed: Counter::default(),
+            fixes_committed: Counter::default(),
+            duplicate_reports: Counter::default(),
+            dead_letters: Family::default(),
+            acks_published: Counter::default(),
+            commit_batch_reports: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_latency_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            connected_clients: Gauge::default(),
+            auth_refused: Counter::default(),
+            acks_paused: Gauge::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            "reports_received",
+            "Location reports received",
+            m.reports_received.clone(),
+        );
+        registry.register("fixes_received", "Fixes in decoded reports", m.fixes_received.clone());
+        registry.register(
+            "reports_committed",
+            "Reports durably committed",
+            m.reports_committed.clone(),
+        );
+        registry.register("fixes_committed", "Fixes durably committed", m.fixes_committed.clone());
+        registry.register(
+            "duplicate_reports",
+            "Reports at or below the committed sequence number, acked again",
+            m.duplicate_reports.clone(),
+        );
+        registry.register("dead_letters", "Dead letters by reason", m.dead_letters.clone());
+        registry.register("acks_published", "Acks published to couriers", m.acks_published.clone());
+        registry.register(
+            "commit_batch_reports",
+            "Reports per group-commit batch",
+            m.commit_batch_reports.clone(),
+        );
+        registry.register(
+            "commit_latency_seconds",
+            "From the first report of a batch taken in to its flush completing",
+            m.commit_latency_seconds.clone(),
+        );
+        registry.register(
+            "mqtt_connected_clients",
+            "Clients connected to the embedded MQTT broker",
+            m.connected_clients.clone(),
+        );
+        registry.register(
+            "mqtt_auth_refused",
+            "MQTT connections refused at CONNECT for bad credentials",
+            m.auth_refused.clone(),
+        );
+        registry.register(
+            "acks_paused",
+            "1 while acks are held back (e.g. the InfluxDB outbox is full)",
+            m.acks_paused.clone(),
+        );
+        *metrics.registry.lock().expect("fresh mutex") = registry;
+        metrics
+    }
+
+    /// Counts one dead letter.
+    pub fn dead_letter(&self, reason: &str) {
+        self.dead_letters.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    /// Lets another part register its metrics under the `locus_` prefix.
+    pub fn register_with(&self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+}

@@ -1,0 +1,515 @@
+//! The ingest pipeline: MQTT publish → decode → validate → dedup → plugins → commit → flush → ack.
+//!
+//! Enters: publishes on `couriers/+/locations` from the embedded broker's local link.
+//! Leaves: one atomic sled batch per group of reports ([`crate::store::CommitBatch`]) and, once
+//! the batch is flushed, a retained ack per courier on `couriers/{courier}/acks` carrying the
+//! highest committed seq.
+//!
+//! Two threads, so that taking in the next group overlaps the fsync of the previous one:
+//! - `pipeline-intake` ([`Intake`]): drains whatever the broker has, builds and applies a batch
+//!   (visible to reads, not yet durable), hands the acks it owes to the committer;
+//! - `pipeline-commit` ([`run_committer`]): flushes once for every group of batches waiting
+//!   (group commit), then publishes their acks. Nothing is acked before it is on disk.
+//!
+//! Bad input never stops the pipeline: each problem becomes a [`DeadLetter`] with a reason
+//! code, counted in `locus_dead_letters_total{reason}`.
+
+mod validate;
+
+pub use validate::{FixProblem, ReportProblem};
+
+use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
+use crate::mqtt::BrokerLink;
+use crate::store::{CommitBatch, DeadLetter, Store, StoreError, StoredFix};
+use bytes::Bytes;
+use locus_sdk::wire::{self, Fix, Report};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::Notification;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A validated fix on its way to commit: what plugins see and may change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingFix {
+    /// The courier (from the topic and the authenticated connection).
+    pub courier: String,
+    /// The fix.
+    pub fix: Fix,
+    /// Attributes added so far by plugins.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// A stage between validation and commit (the plugin chain). Called from the intake thread once
+/// per batch; it may keep, change or drop fixes and turn some into dead letters.
+pub trait FixTransform: Send {
+    /// Processes one batch.
+    fn process(&mut self, batch: Vec<PendingFix>) -> TransformOutput;
+}
+
+/// What a [`FixTransform`] returns.
+#[derive(Debug, Default)]
+pub struct TransformOutput {
+    /// Fixes to commit, in order.
+    pub kept: Vec<PendingFix>,
+    /// Fixes refused, with their reasons.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Turns a committed fix into an InfluxDB line-protocol point (set when `[influx]` is on).
+pub type PointEncoder = Box<dyn Fn(&str, &StoredFix) -> String + Send>;
+
+/// Reports whether the InfluxDB outbox is full (then the pipeline stops taking reports in).
+pub type BackpressureCheck = Box<dyn Fn() -> bool + Send>;
+
+/// The courier a locations topic belongs to. This is the seam for topic authorization: today
+/// the identity is the topic's courier (CONNECT already proved the username is a courier with a
+/// valid token and client id = username).
+pub fn courier_of(topic: &str) -> Option<&str> {
+    locus_sdk::topics::courier_of_locations(topic)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the pipeline remembers per courier between batches (loaded from sled on first sight).
+#[derive(Debug, Clone, Copy)]
+struct CourierState {
+    committed_seq: u64,
+    last_ts_ms: Option<u64>,
+}
+
+/// Acks owed once a batch is durable.
+#[derive(Debug)]
+struct PendingAcks {
+    first_received: Instant,
+    reports: u64,
+    fixes: u64,
+    acks: HashMap<String, u64>,
+}
+
+/// The intake stage: owns the courier cache and builds commit batches.
+#[allow(missing_debug_implementations)] // holds trait objects
+pub struct Intake {
+    config: PipelineConfig,
+    store: Store,
+    metrics: Arc<Metrics>,
+    couriers: HashMap<String, CourierState>,
+    transform: Option<Box<dyn FixTransform>>,
+    point_encoder: Option<PointEncoder>,
+}
+
+/// What one call of [`Intake::build`] produced.
+#[derive(Debug, Default)]
+pub struct BuiltBatch {
+    /// The changes to apply.
+    pub commit: CommitBatch,
+    acks: HashMap<String, u64>,
+    reports: u64,
+    fixes: u64,
+}
+
+impl Intake {
+    /// A new intake stage over `store`.
+    pub fn new(config: PipelineConfig, store: Store, metrics: Arc<Metrics>) -> Intake {
+        Intake {
+            config,
+            store,
+            metrics,
+            couriers: HashMap::new(),
+            transform: None,
+            point_encoder: None,
+        }
+    }
+
+    /// Puts a transform (the plugin chain) between validation and commit.
+    pub fn with_transform(mut self, transform: Box<dyn FixTransform>) -> Intake {
+        self.transform = Some(transform);
+        self
+    }
+
+    /// Queues an InfluxDB point for every committed fix.
+    pub fn with_point_encoder(mut self, encoder: PointEncoder) -> Intake {
+        self.point_encoder = Some(encoder);
+        self
+    }
+
+    fn courier_state(&mut self, courier: &str) -> Result<CourierState, StoreError> {
+        if let Some(state) = self.couriers.get(courier) {
+            return Ok(*state);
+        }
+        let state = CourierState {
+            committed_seq: self.store.committed_seq(courier)?,
+            last_ts_ms: self.store.last_location(courier)?.map(|f| f.fix.ts_ms),
+        };
+        self.couriers.insert(courier.to_owned(), state);
+        Ok(state)
+    }
+
+    /// Builds one commit batch from raw publishes `(topic, payload)`.
+    pub fn build(
+        &mut self,
+        publishes: &[(Bytes, Bytes)],
+        received_ms: u64,
+    ) -> Result<BuiltBatch, StoreError> {
+        let mut out = BuiltBatch::default();
+        let mut pending = Vec::new();
+        for (topic, payload) in publishes {
+            self.take_report(topic, payload, received_ms, &mut pending, &mut out)?;
+        }
+        let kept = match &mut self.transform {
+            Some(transform) if !pending.is_empty() => {
+                let output = transform.process(pending);
+                for letter in &output.dead_letters {
+                    self.metrics.dead_letter(&letter.reason);
+                }
+                out.commit.dead_letters.extend(output.dead_letters);
+                output.kept
+            }
+            _ => pending,
+        };
+        for PendingFix { courier, fix, attributes } in kept {
+            let stored = StoredFix { fix, attributes, received_ms };
+            self.commit_fix(courier, stored, &mut out.commit)?;
+            out.fixes += 1;
+        }
+        Ok(out)
+    }
+
+    fn take_report(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        received_ms: u64,
+        pending: &mut Vec<PendingFix>,
+        out: &mut BuiltBatch,
+    ) -> Result<(), StoreError> {
+        self.metrics.reports_received.inc();
+        let topic_text = String::from_utf8_lossy(topic);
+        let dead_letter =
+            |problem: &ReportProblem, courier: Option<&str>, bytes: &[u8]| DeadLetter {
+                reason: problem.code().to_owned(),
+                detail: problem.to_string(),
+                topic: topic_text.to_string(),
+                courier: courier.map(str::to_owned),
+                received_ms,
+                payload: bytes.to_vec(),
+            };
+        let Some(courier) = courier_of(&topic_text).map(str::to_owned) else {
+            let letter = dead_letter(&ReportProblem::BadTopic, None, payload);
+            self.refuse(letter, out);
+            return Ok(());
+        };
+        let report = match validate::decode_report(payload, &self.config) {
+            Ok(report) => report,
+            Err((problem, None)) => {
+                let letter = dead_letter(&problem, Some(&courier), payload);
+                self.refuse(letter, out);
+                return Ok(());
+            }
+            // Well-formed but unacceptable as a whole: dead-letter it and consume its seq, so
+            // the device stops resending something that can never be taken.
+            Err((problem, Some(seq))) => {
+                let letter = dead_letter(&problem, Some(&courier), payload);
+                self.refuse(letter, out);
+                return self.advance_seq(&courier, seq, out).map(|_| ());
+            }
+        };
+        self.metrics.fixes_received.inc_by(report.fixes.len() as u64);
+        if !self.advance_seq(&courier, report.seq, out)? {
+            self.metrics.duplicate_reports.inc();
+            return Ok(());
+        }
+        out.reports += 1;
+        let Report { seq, fixes } = report;
+        for fix in fixes {
+            match validate::check_fix(&fix, received_ms, &self.config) {
+                Ok(()) => {
+                    pending.push(PendingFix { courier: courier.clone(), fix, attributes: vec![] })
+                }
+                Err(problem) => {
+                    let bytes = wire::encode_report(&Report { seq, fixes: vec![fix] });
+                    let letter = DeadLetter {
+                        reason: problem.code().to_owned(),
+                        detail: problem.to_string(),
+                        topic: topic_text.to_string(),
+                        courier: Some(courier.clone()),
+                        received_ms,
+                        payload: bytes,
+                    };
+                    self.refuse(letter, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, letter: DeadLetter, out: &mut BuiltBatch) {
+        self.metrics.dead_letter(&letter.reason);
+        tracing::debug!(reason = %letter.reason, detail = %letter.detail, topic = %letter.topic, "dead letter");
+        out.commit.dead_letters.push(letter);
+    }
+
+    /// Records that `seq` is taken for `courier` and that an ack is owed. Returns false for a
+    /// duplicate (at or below the committed seq), which is acked again but not reapplied.
+    fn advance_seq(
+        &mut self,
+        courier: &str,
+        seq: u64,
+        out: &mut BuiltBatch,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.courier_state(courier)?;
+        let fresh = seq > state.committed_seq;
+        if fresh {
+            state.committed_seq = seq;
+            self.couriers.insert(courier.to_owned(), state);
+            out.commit.committed_seq.insert(courier.to_owned(), seq);
+        }
+        out.acks.insert(courier.to_owned(), state.committed_seq);
+        Ok(fresh)
+    }
+
+    fn commit_fix(
+        &mut self,
+        courier: String,
+        stored: StoredFix,
+        batch: &mut CommitBatch,
+    ) -> Result<(), StoreError> {
+        let ts = stored.fix.ts_ms;
+        let mut state = self.courier_state(&courier)?;
+        // The newest device time wins, never the later arrival.
+        if state.last_ts_ms.is_none_or(|last| ts >= last) {
+            state.last_ts_ms = Some(ts);
+            self.couriers.insert(courier.clone(), state);
+            batch.last_location.insert(courier.clone(), stored.clone());
+        }
+        if let Some(order) = stored.fix.order() {
+            let newer = match batch.order_location.get(order) {
+                Some((_, current)) => ts >= current.fix.ts_ms,
+                None => self.store.order_location(order)?.is_none_or(|(_, f)| ts >= f.fix.ts_ms),
+            };
+            if newer {
+                batch.order_location.insert(order.to_owned(), (courier.clone(), stored.clone()));
+            }
+        }
+        if let Some(encode) = &self.point_encoder {
+            batch.influx_points.push(encode(&courier, &stored));
+        }
+        batch.track.push((courier, stored));
+        Ok(())
+    }
+}
+
+/// Runs the intake loop on the current thread until `stop` is set or the link closes, then
+/// returns after handing every built batch to the committer.
+fn run_intake(
+    mut intake: Intake,
+    mut rx: LinkRx,
+    to_committer: mpsc::SyncSender<PendingAcks>,
+    backpressure: Option<BackpressureCheck>,
+    stop: Arc<AtomicBool>,
+) {
+    let max_batch = intake.config.max_batch_reports;
+    let mut publishes: Vec<(Bytes, Bytes)> = Vec::with_capacity(max_batch);
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(full) = &backpressure {
+            let paused = full();
+            if paused != (intake.metrics.acks_paused.get() == 1) {
+                if paused {
+                    tracing::warn!(
+                        "InfluxDB outbox is full: not taking reports in (devices keep them until \
+                         acked) until the shipper drains it"
+                    );
+                } else {
+                    tracing::info!("InfluxDB outbox has room again: taking reports in");
+                }
+            }
+            intake.metrics.acks_paused.set(i64::from(paused));
+            if paused {
+                // Leave reports in the broker (and on devices, which resend what is not acked)
+                // until the outbox drains.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        // Wait briefly for the first publish so `stop` is noticed, then take everything that
+        // is already there: the batch grows with the load, which is what makes group commit
+        // cheap under load and fast when idle.
+        let mut deadline = Instant::now() + Duration::from_millis(100);
+        let mut first_received = Instant::now();
+        while publishes.len() < max_batch {
+            match rx.recv_deadline(deadline) {
+                Ok(Some(Notification::Forward(forward))) => {
+                    if publishes.is_empty() {
+                        first_received = Instant::now();
+                    }
+                    publishes.push((forward.publish.topic, forward.publish.payload));
+                    deadline = Instant::now();
+                }
+                Ok(Some(Notification::Unschedule)) => {
+                    // The router paused us because our buffer was full; ask for more.
+                    if let Err(e) = rx.ready() {
+                        tracing::error!(error = %e, "lost the link to the embedded broker");
+                        return;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(LinkError::RecvTimeout(_)) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "lost the link to the embedded broker");
+                    return;
+                }
+            }
+        }
+        if publishes.is_empty() {
+            continue;
+        }
+        let received_ms = now_ms();
+        let built = match intake.build(&publishes, received_ms) {
+            Ok(built) => built,
+            Err(e) => {
+                // Storage is failing: nothing of this batch is acked, so devices resend it.
+                tracing::error!(error = %e, "cannot read courier state; batch not committed");
+                publishes.clear();
+                intake.couriers.clear();
+                continue;
+            }
+        };
+        publishes.clear();
+        if let Err(e) = intake.store.apply(&built.commit) {
+            tracing::error!(error = %e, "cannot apply commit batch; not acked, devices will resend");
+            // The in-memory seq cache may now be ahead of sled: forget it.
+            intake.couriers.clear();
+            continue;
+        }
+        let pending = PendingAcks {
+            first_received,
+            reports: built.reports,
+            fixes: built.fixes,
+            acks: built.acks,
+        };
+        if to_committer.send(pending).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the committer on the current thread: flush, then ack, until the intake hangs up.
+fn run_committer(
+    store: Store,
+    mut tx: LinkTx,
+    from_intake: mpsc::Receiver<PendingAcks>,
+    metrics: Arc<Metrics>,
+) {
+    // The broker keeps retained messages in memory only: re-announce every courier's committed
+    // seq, so a device that reconnects after a server restart learns it at once.
+    for entry in store.committed_seqs() {
+        let published = entry.map_err(|e| e.to_string()).and_then(|(courier, seq)| {
+            publish_ack(&mut tx, &courier, seq).map_err(|e| e.to_string())
+        });
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "cannot re-announce committed seqs; devices learn them on their next report");
+            break;
+        }
+    }
+    while let Ok(first) = from_intake.recv() {
+        // Group commit: one flush covers every batch applied so far.
+        let mut group = vec![first];
+        group.extend(from_intake.try_iter());
+        if let Err(e) = store.flush() {
+            // Not durable, so not acked; devices resend. sled errors here are I/O failures.
+            tracing::error!(error = %e, "flush failed; acks withheld");
+            continue;
+        }
+        let mut acks: HashMap<String, u64> = HashMap::new();
+        for pending in &group {
+            metrics.reports_committed.inc_by(pending.reports);
+            metrics.fixes_committed.inc_by(pending.fixes);
+            metrics.commit_batch_reports.observe(pending.reports as f64);
+            metrics.commit_latency_seconds.observe(pending.first_received.elapsed().as_secs_f64());
+            for (courier, seq) in &pending.acks {
+                let entry = acks.entry(courier.clone()).or_default();
+                *entry = (*entry).max(*seq);
+            }
+        }
+        for (courier, seq) in acks {
+            if let Err(e) = publish_ack(&mut tx, &courier, seq) {
+                tracing::error!(error = %e, "cannot publish acks: broker link lost");
+                return;
+            }
+            metrics.acks_published.inc();
+        }
+    }
+}
+
+/// Publishes a courier's retained ack.
+fn publish_ack(tx: &mut LinkTx, courier: &str, seq: u64) -> Result<(), Box<LinkError>> {
+    // Retained, so a device that reconnects learns its committed seq at once.
+    let topic = Bytes::from(locus_sdk::topics::acks(courier));
+    let payload = Bytes::from(wire::encode_ack(wire::Ack { seq }));
+    publish_blocking(tx, Publish::new(topic, payload, true))
+}
+
+fn publish_blocking(tx: &mut LinkTx, publish: Publish) -> Result<(), Box<LinkError>> {
+    // `LinkTx::send` is async only in signature: it locks a buffer and sends on a channel.
+    // Driving it with a no-op waker keeps this thread free of a runtime.
+    let mut future = std::pin::pin!(tx.send(Packet::Publish(publish, None)));
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    loop {
+        if let std::task::Poll::Ready(result) = std::future::Future::poll(future.as_mut(), &mut cx)
+        {
+            return result.map(|_| ()).map_err(Box::new);
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The running pipeline's two threads.
+#[derive(Debug)]
+pub struct PipelineHandle {
+    stop: Arc<AtomicBool>,
+    intake: std::thread::JoinHandle<()>,
+    committer: std::thread::JoinHandle<()>,
+}
+
+impl PipelineHandle {
+    /// Starts the intake and committer threads.
+    pub fn start(
+        intake: Intake,
+        link: BrokerLink,
+        backpressure: Option<BackpressureCheck>,
+    ) -> std::io::Result<PipelineHandle> {
+        let stop = Arc::new(AtomicBool::new(false));
+        // A few batches may wait for one flush; more means the disk is the bottleneck and the
+        // intake should wait rather than pile up unflushed state.
+        let (to_committer, from_intake) = mpsc::sync_channel(16);
+        let store = intake.store.clone();
+        let metrics = intake.metrics.clone();
+        let BrokerLink { tx, rx } = link;
+        let intake_stop = stop.clone();
+        let intake = std::thread::Builder::new()
+            .name("pipeline-intake".into())
+            .spawn(move || run_intake(intake, rx, to_committer, backpressure, intake_stop))?;
+        let committer = std::thread::Builder::new()
+            .name("pipeline-commit".into())
+            .spawn(move || run_committer(store, tx, from_intake, metrics))?;
+        Ok(PipelineHandle { stop, intake, committer })
+    }
+
+    /// Stops taking reports, commits and acks everything taken, and returns when done.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (name, thread) in [("intake", self.intake), ("committer", self.committer)] {
+            if thread.join().is_err() {
+                tracing::error!("pipeline {name} thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Validation of reports and fixes, each problem with a stable reason code.
+
+use crate::config::PipelineConfig;
+use locus_sdk::wire::{self, Fix, Report, WireError};
+
+/// Why a whole report was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReportProblem {
+    /// The topic is not `couriers/{valid id}/locations`.
+    #[error("topic is not couriers/{{courier}}/locations with a valid courier id")]
+    BadTopic,
+    /// Larger than `pipeline.max_report_bytes`.
+    #[error("payload of {size} bytes exceeds the limit of {limit}")]
+    Oversized {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not a decodable report.
+    #[error("{0}")]
+    Wire(WireError),
+    /// `seq` 0 is reserved (acks start from 0 = nothing committed).
+    #[error("seq must be at least 1")]
+    ZeroSeq,
+    /// A report without fixes.
+    #[error("report has no fixes")]
+    NoFixes,
+    /// More than `pipeline.max_fixes_per_report`.
+    #[error("report has {count} fixes, more than the limit of {limit}")]
+    TooManyFixes {
+        /// Fixes in the report.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl ReportProblem {
+    /// Stable reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReportProblem::BadTopic => "bad_topic",
+            ReportProblem::Oversized { .. } => "oversized",
+            ReportProblem::Wire(e) => e.code(),
+            ReportProblem::ZeroSeq => "zero_seq",
+            ReportProblem::NoFixes => "no_fixes",
+            ReportProblem::TooManyFixes { .. } => "too_many_fixes",
+        }
+    }
+}
+
+/// Why one fix was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FixProblem {
+    /// Latitude or longitude off the globe.
+    #[error("coordinates out of range: lat {lat}, lon {lon}")]
+    CoordinatesOutOfRange {
+        /// Degrees.
+        lat: f64,
+        /// Degrees.
+        lon: f64,
+    },
+    /// Device time too far ahead of server time.
+    #[error("device time {ts_ms} is {ahead_ms} ms ahead of server time (limit {limit_ms} ms)")]
+    InFuture {
+        /// Device time.
+        ts_ms: u64,
+        /// How far ahead.
+        ahead_ms: u64,
+        /// `pipeline.max_future_ms`.
+        limit_ms: u64,
+    },
+    /// Device time too far behind server time.
+    #[error("device time {ts_ms} is {behind_ms} ms behind server time (limit {limit_ms} ms)")]
+    TooOld {
+        /// Device time.
+        ts_ms: u64,
+        /// How far behind.
+        behind_ms: u64,
+        /// `pipeline.max_age_ms`.
+        limit_ms: u64,
+    },
+    /// An order id that is not a valid id.
+    #[error("order id is not 1-64 characters of letters, digits, - _ . :")]
+    BadOrderId,
+    /// Heading outside 0..360° or battery above 100%.
+    #[error("{0} out of range")]
+    DetailOutOfRange(&'static str),
+}
+
+impl FixProblem {
+    /// Stable reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FixProblem::CoordinatesOutOfRange { .. } => "coordinates_out_of_range",
+            FixProblem::InFuture { .. } => "timestamp_in_future",
+            FixProblem::TooOld { .. } => "timestamp_too_old",
+            FixProblem::BadOrderId => "bad_order_id",
+            FixProblem::DetailOutOfRange(_) => "detail_out_of_range",
+        }
+    }
+}
+
+/// Decodes and checks a report as a whole. On failure, also returns the report's seq when the
+/// report decoded (so the caller can consume it).
+pub fn decode_report(
+    payload: &[u8],
+    config: &PipelineConfig,
+) -> Result<Report, (ReportProblem, Option<u64>)> {
+    if payload.len() > config.max_report_bytes {
+        let problem =
+            ReportProblem::Oversized { size: payload.len(), limit: config.max_report_bytes };
+        return Err((problem, None));
+    }
+    let report = wire::decode_report(payload).map_err(|e| (ReportProblem::Wire(e), None))?;
+    if report.seq == 0 {
+        return Err((ReportProblem::ZeroSeq, None));
+    }
+    if report.fixes.is_empty() {
+        return Err((ReportProblem::NoFixes, Some(report.seq)));
+    }
+    if report.fixes.len() > config.max_fixes_per_report {
+        let problem = ReportProblem::TooManyFixes {
+            count: report.fixes.len(),
+            limit: config.max_fixes_per_report,
+        };
+        return Err((problem, Some(report.seq)));
+    }
+    Ok(report)
+}
+
+/// Checks one fix against the globe, the time window and the detail ranges.
+pub fn check_fix(fix: &Fix, now_ms: u64, config: &PipelineConfig) -> Result<(), FixProblem> {
+    if !fix.coordinates_in_range() {
+        return Err(FixProblem::CoordinatesOutOfRange { lat: fix.lat(), lon: fix.lon() });
+    }
+    check_time(fix.ts_ms, now_ms, config)?;
+    if let Some(details) = &fix.details {
+        if details.order.as_deref().is_some_and(|o| !locus_sdk::topics::is_valid_id(o)) {
+            return Err(FixProblem::BadOrderId);
+        }
+        if details.heading_cdeg.is_some_and(|h| h >= 36_000) {
+            return Err(FixProblem::DetailOutOfRange("heading"));
+        }
+        if details.battery_pct.is_some_and(|b| b > 100) {
+            return Err(FixProblem::DetailOutOfRange("battery"));
+        }
+    }
+    Ok(())
+}
+
+fn check_time(ts_ms: u64, now_ms: u64, config: &PipelineConfig) -> Result<(), FixProblem> {
+    if ts_ms > now_ms.saturating_add(config.max_future_ms) {
+        return Err(FixProblem::InFuture {
+            ts_ms,
+            ahead_ms: ts_ms - now_ms,
+            limit_ms: config.max_future_ms,
+        });
+    }
+    if ts_ms < now_ms.saturating_sub(config.max_age_ms) {
+        return Err(FixProblem::TooOld {
+            ts_ms,
+            behind_ms: now_ms - ts_ms,
+            limit_ms: config.max_age_ms,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_763_700_000_000;
+
+    #[test]
+    fn fixes_are_checked_against_globe_and_clock() {
+        let config = PipelineConfig::default();
+        let ok = Fix::from_degrees(NOW, 41.0, 2.0);
+        check_fix(&ok, NOW, &config).unwrap();
+        let off_globe = Fix::from_degrees(NOW, 91.0, 2.0);
+        assert_eq!(
+            check_fix(&off_globe, NOW, &config).unwrap_err().code(),
+            "coordinates_out_of_range"
+        );
+        let future = Fix::from_degrees(NOW + config.max_future_ms + 1, 41.0, 2.0);
+        assert_eq!(check_fix(&future, NOW, &config).unwrap_err().code(), "timestamp_in_future");
+        let old = Fix::from_degrees(NOW - config.max_age_ms - 1, 41.0, 2.0);
+        assert_eq!(check_fix(&old, NOW, &config).unwrap_err().code(), "timestamp_too_old");
+    }
+
+    #[test]
+    fn reports_are_checked_as_a_whole() {
+        let config = PipelineConfig { max_fixes_per_report: 1, ..PipelineConfig::default() };
+        let two = Report { seq: 5, fixes: vec![Fix::from_degrees(NOW, 0.0, 0.0); 2] };
+        let (problem, seq) = decode_report(&wire::encode_report(&two), &config).unwrap_err();
+        assert_eq!((problem.code(), seq), ("too_many_fixes", Some(5)));
+        let (problem, seq) = decode_report(b"\x01\xff", &config).unwrap_err();
+        assert_eq!((problem.code(), seq), ("malformed", None));
+        let big = vec![1u8; config.max_report_bytes + 1];
+        assert_eq!(decode_report(&big, &config).unwrap_err().0.code(), "oversized");
+    }
+}

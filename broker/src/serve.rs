@@ -1,0 +1,195 @@
+//! `locusd serve`: starts every part and stops them in order.
+//!
+//! Start: store → tokens → InfluxDB outbox and shipper (with `[influx]`) → plugin chain →
+//! embedded broker → pipeline threads → pruner → HTTP API.
+//! Stop (SIGINT/SIGTERM): HTTP stops accepting, the pipeline stops taking reports, commits,
+//! flushes and acks what it took, then the process exits 0. Reports still in the broker were
+//! never acked, so devices resend them.
+
+use crate::api::{self, ApiState, HealthProbe};
+use crate::auth::TokenAuthority;
+use crate::config::Config;
+use crate::influx;
+use crate::metrics::Metrics;
+use crate::pipeline::{BackpressureCheck, Intake, PipelineHandle, PointEncoder};
+use crate::plugins::{PluginHost, PluginRegistry};
+use crate::store::{DeadLetter, Store};
+use anyhow::Context as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    config.check()?;
+    let store = Store::open(&config.data_dir.join("db"))
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let auth = if config.allow_anonymous {
+        tracing::warn!(
+            "anonymous access is allowed: any MQTT client may publish and any HTTP client may \
+             read. Use this for development only."
+        );
+        None
+    } else {
+        Some(Arc::new(TokenAuthority::open(&config.data_dir)?))
+    };
+    let metrics = Arc::new(Metrics::new());
+
+    let mut intake = Intake::new(config.pipeline.clone(), store.clone(), metrics.clone());
+    let mut health: Vec<HealthProbe> = Vec::new();
+    let (stop_shipper, shipper_stopped) = tokio::sync::watch::channel(false);
+    let mut backpressure = None;
+    let mut shipper = None;
+    if let Some(influx_config) = &config.influx {
+        let wiring = start_influx(influx_config, &store, &metrics, shipper_stopped)?;
+        intake = intake.with_point_encoder(wiring.point_encoder);
+        backpressure = Some(wiring.backpressure);
+        health.push(wiring.health);
+        shipper = Some(wiring.task);
+    }
+
+    let plugins = start_plugins(&config, &store)?;
+    intake = intake.with_transform(Box::new(plugins.chain()));
+
+    let link = crate::mqtt::start(&config.mqtt, auth.clone(), metrics.clone())?;
+    let pipeline = PipelineHandle::start(intake, link, backpressure)?;
+
+    let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| {
+        format!(
+            "cannot listen for HTTP on {} (set --http-listen / [http] listen to a free address)",
+            config.http.listen
+        )
+    })?;
+    let state = ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        auth,
+        max_page: config.http.max_page,
+        health,
+        plugins,
+    };
+    tracing::info!(
+        mqtt = %config.mqtt.listen,
+        mqtt5 = ?config.mqtt.listen_v5,
+        http = %config.http.listen,
+        data_dir = %config.data_dir.display(),
+        "locusd ready"
+    );
+    axum::serve(listener, api::router(state, axum::Router::new()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+
+    tracing::info!("shutting down: draining the pipeline");
+    pruner.abort();
+    tokio::task::spawn_blocking(move || pipeline.shutdown()).await?;
+    store.flush().context("final flush")?;
+    if let Some(task) = shipper {
+        // The outbox is durable: whatever the shipper has not written yet goes at the next start.
+        let _ = stop_shipper.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("InfluxDB shipper did not stop in 5 s; the rest stays in the outbox");
+        }
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Loads the deployed plugins (sled tree `plugins`) and the plugins directory. A plugin that
+/// cannot load is logged and left out; it never stops the server.
+fn start_plugins(config: &Config, store: &Store) -> anyhow::Result<Arc<PluginRegistry>> {
+    let host = PluginHost::new(&config.plugins).context("starting the plugin host")?;
+    let tree = store.db().open_tree("plugins").context("opening the plugins tree")?;
+    let (registry, problems) = PluginRegistry::open(host, tree, config.plugins.dir.as_deref())
+        .context("loading plugins")?;
+    let loaded = registry.list();
+    tracing::info!(
+        plugins = loaded.len(),
+        not_loaded = problems.len(),
+        "plugin chain: {}",
+        loaded.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" → ")
+    );
+    Ok(Arc::new(registry))
+}
+
+/// What `[influx]` adds to the server.
+struct InfluxWiring {
+    point_encoder: PointEncoder,
+    backpressure: BackpressureCheck,
+    health: HealthProbe,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_influx(
+    config: &influx::InfluxConfig,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<InfluxWiring> {
+    let outbox = influx::Outbox::open(store.db(), config).context("opening the InfluxDB outbox")?;
+    let influx_metrics = influx::InfluxMetrics::default();
+    metrics.register_with(|registry| influx_metrics.register(registry));
+    let (sink_store, sink_metrics) = (store.clone(), metrics.clone());
+    let sink: influx::DeadLetterSink = Arc::new(move |letters: Vec<DeadLetter>| {
+        for letter in &letters {
+            sink_metrics.dead_letter(&letter.reason);
+        }
+        sink_store.record_dead_letters(letters)?;
+        Ok(())
+    });
+    let point_encoder: PointEncoder = Box::new(outbox.point_encoder(config.schema()));
+    let full = outbox.clone();
+    let shipper = influx::Shipper::new(outbox, config, influx_metrics, sink)
+        .context("configuring the InfluxDB shipper ([influx])")?;
+    let handle = shipper.health();
+    tracing::info!(url = %config.url, "shipping fixes to InfluxDB");
+    Ok(InfluxWiring {
+        point_encoder,
+        backpressure: Box::new(move || full.is_full()),
+        health: Arc::new(move || {
+            ("influx".to_owned(), serde_json::to_value(handle.snapshot()).unwrap_or_default())
+        }),
+        task: tokio::spawn(shipper.run(async move {
+            let _ = stopped.changed().await;
+        })),
+    })
+}
+
+async fn prune_forever(store: Store, config: Config) {
+    let mut every = tokio::time::interval(Duration::from_secs(config.track.prune_interval_s));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let store = store.clone();
+        let track = config.track.clone();
+        let max_dead_letters = config.dead_letters.max_entries;
+        let min_ts = crate::pipeline::now_ms().saturating_sub(track.max_age_s * 1000);
+        let pruned = tokio::task::spawn_blocking(move || {
+            store.prune(min_ts, track.max_fixes_per_courier, max_dead_letters)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::debug!(removed, "pruned tracks and dead letters"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what the tests need (when missing) and runs every check CI runs:
+# formatting, clippy with warnings as errors, and the whole test suite against real processes.
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh --no-lint  # skip fmt and clippy (quicker while iterating)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+lint=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-lint) lint=0 ;;
+    *) echo "unknown option: $arg" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- prerequisites -------------------------------------------------------------------------
+need_apt=()
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
+if ((${#need_apt[@]})); then
+  step "installing ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Debian's influxdb package starts a system influxd on :8086; the tests start their own on
+# free ports, so the system one is not needed (and may not be running at all in CI).
+
+targets=(wasm32-wasip2 aarch64-linux-android aarch64-apple-ios)
+installed=$(rustup target list --installed)
+for t in "${targets[@]}"; do
+  if ! grep -qx "$t" <<<"$installed"; then
+    step "rustup target add $t"
+    rustup target add "$t"
+  fi
+done
+if [ "$lint" = 1 ]; then
+  rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+fi
+
+# --- checks --------------------------------------------------------------------------------
+if [ "$lint" = 1 ]; then
+  step "cargo fmt --check"
+  cargo fmt --all --check
+  step "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets --features locus-sdk/client -- -D warnings
+fi
+
+# The courier SDK must build for phones. TLS crates that compile C need the phone toolchains
+# (NDK, Xcode), which CI lacks, so the phone check is without the `tls` feature.
+for t in aarch64-linux-android aarch64-apple-ios; do
+  step "cargo check -p locus-sdk --features client --target $t"
+  cargo check -p locus-sdk --features client --target "$t"
+done
+
+step "cargo test"
+cargo test --workspace --features locus-sdk/client

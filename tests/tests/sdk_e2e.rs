@@ -1,0 +1,414 @@
+//! End-to-end tests of the courier SDK (`locus-sdk`, feature `client`) against a real locusd.
+//!
+//! The SDK runs inside real `locus-sim` processes (the simulator is a thin driver of the SDK), so
+//! these tests can also kill the SDK with -9 mid-send. What the simulator reports is read from
+//! its `--log-reported` lines (`reported COURIER TS`, printed once the fix is durably in the
+//! outbox) and its last line (`sent=N acked=M`); what the server committed is read back from the
+//! HTTP API's track.
+
+use locus_tests::{free_port, LocusServer, PATIENCE};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The `locus-sim` binary, built once per test process with the same profile as the tests.
+fn sim_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/{profile}");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "locus-sim", "--bin", "locus-sim"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("running cargo build").success(),
+            "building locus-sim failed"
+        );
+        profile_dir.join("locus-sim")
+    })
+}
+
+/// A tokens file (`COURIER TOKEN` lines) for `ids`, issued by the server.
+fn tokens_file(server: &LocusServer, dir: &Path, ids: &[String]) -> PathBuf {
+    let lines: Vec<String> =
+        ids.iter().map(|id| format!("{id} {}", server.issue_token(id))).collect();
+    let path = dir.join("tokens.txt");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("tokens file");
+    path
+}
+
+fn sim_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("sim-{i}")).collect()
+}
+
+/// `locus-sim` with common flags: fast batching, quick reconnects, fixes logged.
+fn sim_command(broker: &str, data_dir: &Path, tokens: Option<&Path>, extra: &[&str]) -> Command {
+    let mut command = Command::new(sim_bin());
+    command
+        .args(["--broker", broker])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--batch-max-age-ms", "100", "--backoff-max-ms", "1000", "--log-reported"])
+        .args(extra)
+        .stdin(Stdio::null());
+    if let Some(tokens) = tokens {
+        command.arg("--tokens-file").arg(tokens);
+    }
+    command
+}
+
+/// The fixes a simulator run logged as durably reported, per courier, in order.
+fn reported(stdout: &str) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in stdout.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some("reported"), Some(courier), Some(ts)) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            out.entry(courier.to_owned()).or_default().push(ts.parse().expect("ts"));
+        }
+    }
+    out
+}
+
+/// `(sent, acked)` from the simulator's last line, which must be exactly `sent=N acked=M`.
+fn last_line(stdout: &str) -> (u64, u64) {
+    let line = stdout.lines().last().expect("a last line");
+    let rest = line.strip_prefix("sent=").unwrap_or_else(|| panic!("last line {line:?}"));
+    let (sent, acked) = rest.split_once(" acked=").unwrap_or_else(|| panic!("last line {line:?}"));
+    (sent.parse().expect("sent"), acked.parse().expect("acked"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run_to_end(mut command: Command) -> Output {
+    let output = command.output().expect("running locus-sim");
+    eprintln!("--- locus-sim stderr ---\n{}", text(&output.stderr));
+    output
+}
+
+/// A simulator running in the background, its stdout collected line by line.
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Running {
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("starting locus-sim");
+        let pipe = child.stdout.take().expect("stdout pipe");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stdout);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut sink = sink.lock().expect("stdout buffer");
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        Running { child, stdout, reader: Some(reader) }
+    }
+
+    fn reported_count(&self) -> usize {
+        reported(&self.stdout.lock().expect("stdout buffer")).values().map(Vec::len).sum()
+    }
+
+    fn wait_reported(&self, at_least: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.reported_count() < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "locus-sim reported only {} fixes",
+                self.reported_count()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the exit (generously); the exit code and all of stdout.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("locus-sim did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let stdout = self.stdout.lock().expect("stdout buffer").clone();
+        (status.code(), stdout)
+    }
+
+    fn kill9(mut self) -> String {
+        self.child.kill().expect("kill -9 locus-sim");
+        self.child.wait().expect("wait");
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let stdout = self.stdout.lock().expect("stdout buffer").clone();
+        stdout
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every courier's committed track is exactly what it reported: same fixes, same order, none
+/// missing, none twice.
+fn assert_tracks_match(server: &LocusServer, reported: &BTreeMap<String, Vec<u64>>) {
+    for (courier, sent) in reported {
+        let track = server.track_ts(courier);
+        assert_eq!(&track, sent, "track of {courier} differs from what it reported");
+    }
+}
+
+#[test]
+fn fixes_arrive_in_order_without_gaps() {
+    let server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let ids = sim_ids(3);
+    let tokens = tokens_file(&server, work.path(), &ids);
+    let output = run_to_end(sim_command(
+        &server.mqtt.to_string(),
+        &work.path().join("outboxes"),
+        Some(&tokens),
+        &[
+            "--couriers",
+            "3",
+            "--interval-ms",
+            "10",
+            "--fixes-per-courier",
+            "120",
+            "--duration-s",
+            "120",
+            "--batch-max-fixes",
+            "7",
+        ],
+    ));
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert_eq!(last_line(&stdout), (360, 360));
+    let reported = reported(&stdout);
+    assert_eq!(reported.len(), 3);
+    assert!(reported.values().all(|ts| ts.len() == 120 && ts.windows(2).all(|w| w[0] < w[1])));
+    assert_tracks_match(&server, &reported);
+}
+
+#[test]
+fn fifty_couriers_survive_locusd_kill9_and_restart_exactly_once() {
+    let mut server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let ids = sim_ids(50);
+    let tokens = tokens_file(&server, work.path(), &ids);
+    let sim = Running::spawn(sim_command(
+        &server.mqtt.to_string(),
+        &work.path().join("outboxes"),
+        Some(&tokens),
+        &[
+            "--couriers",
+            "50",
+            "--interval-ms",
+            "200",
+            "--duration-s",
+            "10",
+            "--flush-timeout-s",
+            "120",
+        ],
+    ));
+    // Kill the server in the middle of the run, keep it away a while, bring it back.
+    sim.wait_reported(300);
+    server.kill9();
+    let down_from = sim.reported_count();
+    sim.wait_reported(down_from + 300);
+    server.restart();
+    let (code, stdout) = sim.finish();
+    assert_eq!(code, Some(0), "{stdout}");
+    let reported = reported(&stdout);
+    let total: usize = reported.values().map(Vec::len).sum();
+    assert_eq!(last_line(&stdout), (total as u64, total as u64));
+    assert_eq!(reported.len(), 50);
+    assert_tracks_match(&server, &reported);
+}
+
+#[test]
+fn locusd_stopped_while_the_app_reports_then_back_delivers_exactly_once() {
+    let mut server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let ids = sim_ids(2);
+    let tokens = tokens_file(&server, work.path(), &ids);
+    let sim = Running::spawn(sim_command(
+        &server.mqtt.to_string(),
+        &work.path().join("outboxes"),
+        Some(&tokens),
+        &[
+            "--couriers",
+            "2",
+            "--interval-ms",
+            "20",
+            "--duration-s",
+            "8",
+            "--flush-timeout-s",
+            "120",
+        ],
+    ));
+    sim.wait_reported(50);
+    assert!(server.stop(), "locusd exits 0 on SIGTERM");
+    let down_from = sim.reported_count();
+    sim.wait_reported(down_from + 100);
+    server.restart();
+    let (code, stdout) = sim.finish();
+    assert_eq!(code, Some(0), "{stdout}");
+    let reported = reported(&stdout);
+    let total: usize = reported.values().map(Vec::len).sum();
+    assert_eq!(last_line(&stdout), (total as u64, total as u64));
+    assert_tracks_match(&server, &reported);
+}
+
+#[test]
+fn sdk_killed_mid_send_and_restarted_on_its_outbox_loses_and_duplicates_nothing() {
+    let server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let ids = sim_ids(2);
+    let tokens = tokens_file(&server, work.path(), &ids);
+    let outboxes = work.path().join("outboxes");
+    let args =
+        ["--couriers", "2", "--interval-ms", "5", "--duration-s", "60", "--batch-max-fixes", "5"];
+    let sim =
+        Running::spawn(sim_command(&server.mqtt.to_string(), &outboxes, Some(&tokens), &args));
+    sim.wait_reported(400);
+    let first = reported(&sim.kill9());
+
+    // The same outboxes, no new fixes: deliver what the killed run left.
+    let output = run_to_end(sim_command(
+        &server.mqtt.to_string(),
+        &outboxes,
+        Some(&tokens),
+        &["--couriers", "2", "--duration-s", "0"],
+    ));
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert_eq!(last_line(&stdout).0, 0);
+
+    for (courier, logged) in &first {
+        let track = server.track_ts(courier);
+        let unique: HashSet<u64> = track.iter().copied().collect();
+        assert_eq!(unique.len(), track.len(), "{courier}: a fix committed twice");
+        assert!(track.windows(2).all(|w| w[0] < w[1]), "{courier}: track out of order");
+        // Every fix the app was told is durable arrived.
+        let missing: Vec<_> = logged.iter().filter(|ts| !unique.contains(ts)).collect();
+        assert!(missing.is_empty(), "{courier}: lost {missing:?}");
+        // At most the one fix that was durable but not yet logged when the kill came, and it is
+        // newer than everything logged.
+        let extra: Vec<_> = track.iter().filter(|ts| !logged.contains(ts)).collect();
+        assert!(extra.len() <= 1, "{courier}: unexpected fixes {extra:?}");
+        assert!(extra.iter().all(|ts| Some(*ts) > logged.last()), "{courier}: stray fix {extra:?}");
+    }
+}
+
+/// Reports while the broker is unreachable, with a bound of 20 fixes; returns the reported
+/// timestamps and the summary lines.
+fn fill_offline(outboxes: &Path, tokens: &Path, policy: &str) -> (Vec<u64>, String) {
+    // A port nobody listens on: the SDK queues everything.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let output = run_to_end(sim_command(
+        &nowhere,
+        outboxes,
+        Some(tokens),
+        &[
+            "--couriers",
+            "1",
+            "--interval-ms",
+            "5",
+            "--fixes-per-courier",
+            "50",
+            "--duration-s",
+            "60",
+            "--outbox-max-fixes",
+            "20",
+            "--when-full",
+            policy,
+            "--flush-timeout-s",
+            "1",
+        ],
+    ));
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "not everything acked: {stdout}");
+    let logged = reported(&stdout).remove("sim-0").unwrap_or_default();
+    (logged, stdout)
+}
+
+#[test]
+fn outbox_bound_holds_with_either_policy() {
+    let server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let tokens = tokens_file(&server, work.path(), &sim_ids(1));
+
+    // Refuse new: the first 20 are kept, 30 refused.
+    let refuse = work.path().join("refuse");
+    let (logged, stdout) = fill_offline(&refuse, &tokens, "refuse-new");
+    assert!(stdout.contains("queued=20 dropped=0 refused=30"), "{stdout}");
+    assert_eq!(last_line(&stdout), (20, 0));
+    assert_eq!(logged.len(), 20);
+    let deliver = |outboxes: &Path| {
+        let output = run_to_end(sim_command(
+            &server.mqtt.to_string(),
+            outboxes,
+            Some(&tokens),
+            &["--couriers", "1", "--duration-s", "0"],
+        ));
+        let stdout = text(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{stdout}");
+        assert_eq!(last_line(&stdout), (0, 20));
+    };
+    deliver(&refuse);
+    assert_eq!(server.track_ts("sim-0"), logged);
+
+    // Drop oldest: all 50 accepted, the newest 20 kept.
+    let drop = work.path().join("drop");
+    let (logged, stdout) = fill_offline(&drop, &tokens, "drop-oldest");
+    assert!(stdout.contains("queued=20 dropped=30 refused=0"), "{stdout}");
+    assert_eq!(last_line(&stdout), (50, 0));
+    assert_eq!(logged.len(), 50);
+    let before = server.track_ts("sim-0");
+    deliver(&drop);
+    let track = server.track_ts("sim-0");
+    assert_eq!(track[before.len()..], logged[30..]);
+}
+
+#[test]
+fn a_wrong_token_is_a_clear_error_not_a_retry_loop() {
+    let server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    let tokens = work.path().join("tokens.txt");
+    std::fs::write(&tokens, "sim-0 not-the-token\n").expect("tokens file");
+    let output = run_to_end(sim_command(
+        &server.mqtt.to_string(),
+        &work.path().join("outboxes"),
+        Some(&tokens),
+        &["--couriers", "1", "--duration-s", "5"],
+    ));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("refused the credentials of courier sim-0"), "{stderr}");
+    assert!(server.track_ts("sim-0").is_empty());
+}
