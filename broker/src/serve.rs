@@ -98,7 +98,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Loads the deployed plugins (sled tree `plugins`) and the plugins directory. A plugin that
 /// cannot load is logged and left out; it never stops the server.
-fn start_plugins(config: &Config, store: &Store) -> anyhow::Result<Arc<PluginRegistry>> {
+pub(crate) fn start_plugins(config: &Config, store: &Store) -> anyhow::Result<Arc<PluginRegistry>> {
     let host = PluginHost::new(&config.plugins).context("starting the plugin host")?;
     let tree = store.db().open_tree("plugins").context("opening the plugins tree")?;
     let (registry, problems) = PluginRegistry::open(host, tree, config.plugins.dir.as_deref())

@@ -5,9 +5,11 @@
 //! - `locusd token issue|admin|revoke`: credentials
 //! - `locusd plugin new|build|deploy|test`: WebAssembly plugins
 //! - `locusd bench`: load generator against a running server
+//! - `locusd replay FILE`: backfill historical fixes (JSON lines or CSV) while locusd is stopped
 
 mod bench;
 mod plugin;
+mod replay;
 mod token;
 mod wire;
 
@@ -42,6 +44,9 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Load-test a running server: fixes/s committed and publish→ack latency.
     Bench(bench::BenchArgs),
+    /// Backfill historical fixes (JSON lines or CSV) into the track and InfluxDB outbox; run
+    /// it while locusd is stopped. Resumable: a rerun continues where the last one stopped.
+    Replay(replay::ReplayArgs),
 }
 
 /// Flags of `locusd serve`; each overrides the config file.
@@ -102,6 +107,7 @@ pub fn main() -> ExitCode {
         Some(Command::Token(command)) => command.run(),
         Some(Command::Plugin(command)) => command.run(),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Replay(args)) => replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

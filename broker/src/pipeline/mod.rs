@@ -162,6 +162,52 @@ impl Intake {
         for (topic, payload) in publishes {
             self.take_report(topic, payload, received_ms, &mut pending, &mut out)?;
         }
+        self.transform_and_commit(pending, received_ms, &mut out)?;
+        Ok(out)
+    }
+
+    /// Builds one commit batch from fixes that did not come from a report (the backfill of
+    /// `locusd replay`): each is validated like a reported fix, then goes through the plugin
+    /// chain and into the track, last locations and InfluxDB outbox. No seq advances and no ack
+    /// is owed. `where_from` of each fix (e.g. `line 12`) prefixes the detail of its dead letter;
+    /// `topic` names the source in dead letters.
+    pub fn build_fixes(
+        &mut self,
+        fixes: Vec<(PendingFix, String)>,
+        received_ms: u64,
+        topic: &str,
+    ) -> Result<BuiltBatch, StoreError> {
+        let mut out = BuiltBatch::default();
+        let mut pending = Vec::with_capacity(fixes.len());
+        for (fix, where_from) in fixes {
+            self.metrics.fixes_received.inc();
+            match validate::check_fix(&fix.fix, received_ms, &self.config) {
+                Ok(()) => pending.push(fix),
+                Err(problem) => {
+                    let payload = wire::encode_report(&Report { seq: 0, fixes: vec![fix.fix] });
+                    let letter = DeadLetter {
+                        reason: problem.code().to_owned(),
+                        detail: format!("{where_from}: {problem}"),
+                        topic: topic.to_owned(),
+                        courier: Some(fix.courier),
+                        received_ms,
+                        payload,
+                    };
+                    self.refuse(letter, &mut out);
+                }
+            }
+        }
+        self.transform_and_commit(pending, received_ms, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs validated fixes through the transform and adds the kept ones to the batch.
+    fn transform_and_commit(
+        &mut self,
+        pending: Vec<PendingFix>,
+        received_ms: u64,
+        out: &mut BuiltBatch,
+    ) -> Result<(), StoreError> {
         let kept = match &mut self.transform {
             Some(transform) if !pending.is_empty() => {
                 let output = transform.process(pending);
@@ -178,7 +224,7 @@ impl Intake {
             self.commit_fix(courier, stored, &mut out.commit)?;
             out.fixes += 1;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn take_report(
@@ -511,5 +557,38 @@ impl PipelineHandle {
                 tracing::error!("pipeline {name} thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_fixes_validates_and_never_moves_the_last_location_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = PipelineConfig { max_age_ms: u64::MAX, ..PipelineConfig::default() };
+        let mut intake = Intake::new(config, store.clone(), Arc::new(Metrics::new()));
+        let now = now_ms();
+        let pending = |ts: u64, lat: f64| {
+            let fix = PendingFix {
+                courier: "c1".into(),
+                fix: Fix::from_degrees(ts, lat, 2.0),
+                attributes: vec![],
+            };
+            (fix, format!("line {ts}"))
+        };
+        let live = intake.build_fixes(vec![pending(now, 41.0)], now, "t").unwrap();
+        store.apply(&live.commit).unwrap();
+        let old = now - 365 * 24 * 3600 * 1000;
+        let built =
+            intake.build_fixes(vec![pending(old, 40.0), pending(old + 1, 95.0)], now, "t").unwrap();
+        assert_eq!(built.commit.track.len(), 1, "a year-old fix passes without max_age_ms");
+        assert!(built.commit.last_location.is_empty(), "older than the last location");
+        assert!(built.commit.committed_seq.is_empty() && built.acks.is_empty());
+        let letter = &built.commit.dead_letters[0];
+        assert_eq!(letter.reason, "coordinates_out_of_range");
+        assert!(letter.detail.starts_with(&format!("line {}: ", old + 1)), "{}", letter.detail);
     }
 }

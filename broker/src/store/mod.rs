@@ -10,6 +10,7 @@
 //! - `committed_seq`: courier → u64 BE, the highest committed report seq (dedup + acks)
 //! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`]
 //! - `influx_outbox`: id (u64 BE) → one line-protocol point (see [`crate::influx`])
+//! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes)
 //!
 //! Nothing here flushes on its own: the pipeline calls [`Store::flush`] once per group of
 //! batches and acks only after it returns.
@@ -54,6 +55,8 @@ pub struct CommitBatch {
     pub dead_letters: Vec<DeadLetter>,
     /// InfluxDB points to queue, in order.
     pub influx_points: Vec<String>,
+    /// `locusd replay` progress (key, value) committed with the fixes it covers.
+    pub replay_progress: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl CommitBatch {
@@ -63,6 +66,7 @@ impl CommitBatch {
             && self.committed_seq.is_empty()
             && self.dead_letters.is_empty()
             && self.influx_points.is_empty()
+            && self.replay_progress.is_none()
     }
 }
 
@@ -76,6 +80,7 @@ pub struct Store {
     committed_seq: sled::Tree,
     dead_letters: sled::Tree,
     influx_outbox: sled::Tree,
+    replay_progress: sled::Tree,
     next_dead_letter_id: std::sync::Arc<AtomicU64>,
 }
 
@@ -126,6 +131,7 @@ impl Store {
             track: db.open_tree("track")?,
             committed_seq: db.open_tree("committed_seq")?,
             influx_outbox: db.open_tree("influx_outbox")?,
+            replay_progress: db.open_tree("replay_progress")?,
             dead_letters,
             next_dead_letter_id: std::sync::Arc::new(AtomicU64::new(next_dead_letter_id)),
             db,
@@ -169,6 +175,10 @@ impl Store {
         for point in &batch.influx_points {
             outbox.insert(&self.db.generate_id()?.to_be_bytes(), point.as_bytes());
         }
+        let mut progress = sled::Batch::default();
+        if let Some((key, value)) = &batch.replay_progress {
+            progress.insert(key.as_slice(), value.as_slice());
+        }
         (
             &self.track,
             &self.last_location,
@@ -176,14 +186,16 @@ impl Store {
             &self.committed_seq,
             &self.dead_letters,
             &self.influx_outbox,
+            &self.replay_progress,
         )
-            .transaction(|(t, l, o, s, d, x)| {
+            .transaction(|(t, l, o, s, d, x, r)| {
                 t.apply_batch(&track)?;
                 l.apply_batch(&last)?;
                 o.apply_batch(&orders)?;
                 s.apply_batch(&seqs)?;
                 d.apply_batch(&dead)?;
                 x.apply_batch(&outbox)?;
+                r.apply_batch(&progress)?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -214,6 +226,16 @@ impl Store {
             let (courier, seq) = entry?;
             Ok((String::from_utf8_lossy(&courier).into_owned(), u64_key(&seq)))
         })
+    }
+
+    /// Where `locusd replay` stopped in the file with identity `key`.
+    pub fn replay_progress(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.replay_progress.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether a courier's track holds a fix at device time `ts_ms`.
+    pub fn has_track_fix(&self, courier: &str, ts_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.track.contains_key(track_key(courier, ts_ms))?)
     }
 
     /// The last location of a courier.
