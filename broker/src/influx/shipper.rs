@@ -21,13 +21,14 @@ use super::line_protocol;
 use super::metrics::{HealthHandle, HealthState, InfluxMetrics};
 use super::outbox::Outbox;
 use super::writer::{encode_body, InfluxError, Outcome, Writer};
+use crate::pipeline::now_ms;
 use crate::store::DeadLetter;
 use bytes::Bytes;
 use rand::Rng as _;
 use sled::IVec;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Stores dead letters (the server passes its store's dead-letter writer and counts them).
 /// Lines leave the outbox only after this returns `Ok`.
@@ -343,12 +344,6 @@ impl Backoff {
     fn reset(&mut self) {
         self.step = self.initial;
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

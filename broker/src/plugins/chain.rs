@@ -229,7 +229,7 @@ fn run_slot(
     *dropped += dropped_here;
     let now = super::now_ms();
     for (index, mut reason) in rejected {
-        truncate(&mut reason, 1024);
+        super::truncate_on_char_boundary(&mut reason, 1024);
         let detail =
             format!("plugin {} version {} rejected the fix: {reason}", plugin.name, plugin.version);
         dead_letters.push(dead_letter(REASON_PLUGIN_REJECTED, detail, &batch[index], now));
@@ -274,15 +274,5 @@ fn dead_letter(reason: &str, detail: String, fix: &PendingFix, now_ms: u64) -> D
         received_ms: now_ms,
         // The one fix, re-encoded (postcard of the wire `Fix`); cannot fail into a Vec.
         payload: postcard::to_allocvec(&fix.fix).unwrap_or_default(),
-    }
-}
-
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
     }
 }

@@ -105,14 +105,9 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut with `…`.
 fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    if super::truncate_on_char_boundary(s, max) {
         s.push('…');
     }
 }

@@ -303,10 +303,17 @@ pub fn version_of(bytes: &[u8]) -> String {
     hex::encode(&digest[..8])
 }
 
-/// Server time, Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+pub(crate) use crate::pipeline::now_ms;
+
+/// Cuts `s` to at most `max` bytes on a character boundary; returns whether it cut.
+pub(crate) fn truncate_on_char_boundary(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
 }
