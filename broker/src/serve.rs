@@ -11,7 +11,7 @@ use crate::auth::TokenAuthority;
 use crate::config::Config;
 use crate::influx;
 use crate::metrics::Metrics;
-use crate::pipeline::{BackpressureCheck, Intake, PipelineHandle, PointEncoder};
+use crate::pipeline::{BackpressureCheck, Intake, PipelineHandle};
 use crate::plugins::{PluginHost, PluginRegistry};
 use crate::store::{DeadLetter, Store};
 use anyhow::Context as _;
@@ -41,7 +41,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut shipper = None;
     if let Some(influx_config) = &config.influx {
         let wiring = start_influx(influx_config, &store, &metrics, shipper_stopped)?;
-        intake = intake.with_point_encoder(wiring.point_encoder);
+        intake = intake.with_influx_outbox(wiring.outbox, influx_config.schema());
         backpressure = Some(wiring.backpressure);
         health.push(wiring.health);
         shipper = Some(wiring.task);
@@ -115,7 +115,7 @@ pub(crate) fn start_plugins(config: &Config, store: &Store) -> anyhow::Result<Ar
 
 /// What `[influx]` adds to the server.
 struct InfluxWiring {
-    point_encoder: PointEncoder,
+    outbox: influx::Outbox,
     backpressure: BackpressureCheck,
     health: HealthProbe,
     task: tokio::task::JoinHandle<()>,
@@ -138,14 +138,13 @@ fn start_influx(
         sink_store.record_dead_letters(letters)?;
         Ok(())
     });
-    let point_encoder: PointEncoder = Box::new(outbox.point_encoder(config.schema()));
     let full = outbox.clone();
-    let shipper = influx::Shipper::new(outbox, config, influx_metrics, sink)
+    let shipper = influx::Shipper::new(outbox.clone(), config, influx_metrics, sink)
         .context("configuring the InfluxDB shipper ([influx])")?;
     let handle = shipper.health();
     tracing::info!(url = %config.url, "shipping fixes to InfluxDB");
     Ok(InfluxWiring {
-        point_encoder,
+        outbox,
         backpressure: Box::new(move || full.is_full()),
         health: Arc::new(move || {
             ("influx".to_owned(), serde_json::to_value(handle.snapshot()).unwrap_or_default())

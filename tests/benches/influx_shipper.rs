@@ -1,10 +1,14 @@
-//! Shipper throughput against a local influxd: a backlog of N lines in the sled outbox is
-//! shipped with the default batching (5,000 lines per request, gzip); reports lines/s and the
-//! CPU time the shipping process spends per line (from /proc/self/stat), with influxd's CPU
-//! alongside. Also the commit-path cost of encoding one point.
+//! Shipper throughput against a local influxd: a backlog of N lines in the sled outbox, in
+//! commits of C lines (one outbox entry each, as the pipeline writes them), is shipped with the
+//! default batching (5,000 lines per request, two in flight; gzip and plain, and one request in
+//! flight for comparison); reports lines/s and the CPU time
+//! the shipping process spends per line (from /proc/self/stat), with influxd's CPU alongside.
+//! Also the commit-path cost of encoding one point.
 //!
-//! `cargo bench -p locus-tests --bench influx_shipper` (LOCUS_BENCH_LINES=N to change the
-//! backlog, default 500,000). Not a test: it asserts nothing about speed.
+//! `cargo bench -p locus-tests --bench influx_shipper`. Environment: `LOCUS_BENCH_LINES=N`
+//! (default 500,000), `LOCUS_BENCH_COMMIT=C` (default 100; under load the pipeline commits
+//! hundreds of reports at once, so 100 is on the small side; 1 is the worst case, a commit per
+//! fix). Not a test: it asserts nothing about speed.
 
 #[path = "../tests/influx_common/mod.rs"]
 mod influx_common;
@@ -28,19 +32,23 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
 
-fn run(lines: u64, gzip: bool) -> Result<()> {
+fn run(lines: u64, per_commit: usize, gzip: bool, concurrency: usize) -> Result<()> {
     let influxd = Influxd::start("bench")?;
     let influxd_pid = influxd.pid().map(|p| p.to_string()).unwrap_or_default();
     let config = InfluxConfig {
         url: influxd.url(),
         database: "bench".into(),
         gzip,
+        concurrent_requests: concurrency,
         ..InfluxConfig::default()
     };
     let env = Env::new(config);
     let base = base_ts();
     for start in (0..lines).step_by(100_000) {
-        env.enqueue((start..(start + 100_000).min(lines)).map(|i| fix(base, i, 1_000)));
+        env.enqueue_commits(
+            (start..(start + 100_000).min(lines)).map(|i| fix(base, i, 1_000)),
+            per_commit,
+        );
     }
     ensure!(env.outbox.depth() == lines);
 
@@ -59,7 +67,7 @@ fn run(lines: u64, gzip: bool) -> Result<()> {
     ensure!(counted == lines as i64, "influxd counted {counted} of {lines}");
 
     println!(
-        "gzip={gzip:<5} {lines} lines in {elapsed:.2} s = {:>7.0} lines/s | shipper CPU {:.2} s = \
+        "gzip={gzip:<5} in flight={concurrency} commits of {per_commit:<4} {lines} lines in {elapsed:.2} s = {:>7.0} lines/s | shipper CPU {:.2} s = \
          {:.2} µs/line | influxd CPU {:.2} s = {:.2} µs/line | {} requests",
         lines as f64 / elapsed,
         cpu,
@@ -91,9 +99,13 @@ fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; nothing to parse.
     let lines: u64 =
         std::env::var("LOCUS_BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000);
+    let per_commit: usize =
+        std::env::var("LOCUS_BENCH_COMMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     println!("influx shipper benchmark: {} cores", std::thread::available_parallelism()?.get());
     encode_cost();
-    run(lines, true)?;
-    run(lines, false)?;
+    // The default (two requests in flight), then one at a time for comparison.
+    run(lines, per_commit, true, 2)?;
+    run(lines, per_commit, false, 2)?;
+    run(lines, per_commit, true, 1)?;
     Ok(())
 }

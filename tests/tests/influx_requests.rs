@@ -10,6 +10,8 @@ use anyhow::Result;
 use influx_common::{base_ts, config, fix, wait_until, Env, RecordingServer, Responder};
 use locus_broker::influx::{InfluxApi, InfluxConfig, InfluxState};
 use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 fn always(status: u16) -> Responder {
@@ -29,11 +31,12 @@ fn v2_config(url: &str) -> InfluxConfig {
 #[test]
 fn v2_request_shape() -> Result<()> {
     let server = RecordingServer::start(always(204));
-    let env = Env::new(v2_config(&server.url));
+    // One request at a time, so the order of requests is the order of the outbox.
+    let env = Env::new(InfluxConfig { concurrent_requests: 1, ..v2_config(&server.url) });
     let base = base_ts();
     env.enqueue((0..2_500).map(|i| fix(base, i, 10)));
     let _running = env.ship();
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
 
     let requests = server.requests();
     assert_eq!(requests.len(), 3, "2,500 lines in batches of 1,000");
@@ -74,7 +77,7 @@ fn v2_token_from_the_environment() -> Result<()> {
     let env = Env::new(cfg);
     env.enqueue([fix(base_ts(), 0, 1)]);
     let _running = env.ship();
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     let request = &server.requests()[0];
     assert_eq!(request.headers["authorization"], "Token from-env");
     assert!(!request.headers.contains_key("content-encoding"));
@@ -94,7 +97,7 @@ fn v1_request_shape_with_basic_auth() -> Result<()> {
     let env = Env::new(cfg);
     env.enqueue([fix(base_ts(), 0, 1)]);
     let _running = env.ship();
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     let request = &server.requests()[0];
     assert_eq!(request.target, "/write?db=fleet&rp=two+weeks&precision=ms");
     // base64("locus:pa:ss")
@@ -114,7 +117,7 @@ fn server_errors_are_retried_until_written() -> Result<()> {
     let env = Env::new(config(&server.url, "locus"));
     env.enqueue((0..10).map(|i| fix(base_ts(), i, 2)));
     let running = env.ship();
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     let requests = server.requests();
     assert_eq!(requests.len(), 4);
     assert!(requests.iter().all(|r| r.lines().len() == 10), "the same batch each time");
@@ -133,6 +136,57 @@ fn server_errors_are_retried_until_written() -> Result<()> {
 }
 
 #[test]
+fn a_batch_being_retried_does_not_hold_back_the_next() -> Result<()> {
+    let base = base_ts();
+    let env = Env::new(InfluxConfig { concurrent_requests: 2, ..config("http://unused", "x") });
+    let first_line = env.lines([fix(base, 0, 1)]).remove(0);
+    // The batch holding the first line fails its first five tries; every other write succeeds.
+    let failures_left = Arc::new(AtomicUsize::new(5));
+    let server = RecordingServer::start(Arc::new({
+        let first_line = first_line.clone();
+        move |_, request| {
+            let holds_first = request.lines().contains(&first_line.as_str());
+            let fail = holds_first
+                && failures_left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+            if fail {
+                (503, "{\"error\":\"busy\"}".into())
+            } else {
+                (204, String::new())
+            }
+        }
+    }));
+    let env = Env::new(InfluxConfig { url: server.url.clone(), ..env.config.clone() });
+    env.enqueue((0..3_000).map(|i| fix(base, i, 1)));
+    let running = env.ship();
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
+
+    let requests = server.requests();
+    let holds_first: Vec<bool> =
+        requests.iter().map(|r| r.lines().contains(&first_line.as_str())).collect();
+    let first_try = holds_first.iter().position(|&h| h).unwrap();
+    let last_try = holds_first.iter().rposition(|&h| h).unwrap();
+    assert_eq!(holds_first.iter().filter(|&&h| h).count(), 6, "five failures, then written");
+    assert!(
+        holds_first[first_try..last_try].contains(&false),
+        "later batches are written while the first one is retried"
+    );
+    // Every line written, once per 2xx, none lost.
+    assert_eq!(running.metrics.lines_written.get(), 3_000);
+    let mut written: Vec<&str> = requests
+        .iter()
+        .zip(&holds_first)
+        .enumerate()
+        .filter(|&(n, (_, &first))| !first || n == last_try)
+        .flat_map(|(_, (r, _))| r.lines())
+        .collect();
+    written.sort_unstable();
+    written.dedup();
+    assert_eq!(written.len(), 3_000);
+    assert_eq!(env.outbox.depth(), 0);
+    Ok(())
+}
+
+#[test]
 fn refused_credentials_are_retried_not_dead_lettered() -> Result<()> {
     let server = RecordingServer::start(always(401));
     let env = Env::new(config(&server.url, "locus"));
@@ -142,7 +196,7 @@ fn refused_credentials_are_retried_not_dead_lettered() -> Result<()> {
     let health = running.health.snapshot();
     assert_eq!(health.state, InfluxState::Degraded);
     assert!(health.last_error.as_deref().unwrap_or_default().contains("401"), "{health:?}");
-    assert_eq!(env.outbox_len(), 5, "nothing leaves the outbox without a 2xx");
+    assert_eq!(env.outbox_lines(), 5, "nothing leaves the outbox without a 2xx");
     assert!(env.dead_letters().is_empty());
     Ok(())
 }
@@ -160,7 +214,7 @@ fn too_large_batches_are_split() -> Result<()> {
     let env = Env::new(config(&server.url, "locus"));
     env.enqueue((0..1_000).map(|i| fix(base_ts(), i, 3)));
     let running = env.ship();
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     let accepted: Vec<String> = server
         .requests()
         .iter()

@@ -21,7 +21,7 @@ fn drains_the_outbox_into_influxdb() -> Result<()> {
 
     let running = env.ship();
     wait_until("every line counted", || Ok(influxd.scalar(COUNT)? == n as i64))?;
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     assert_eq!(running.metrics.lines_written.get(), n);
     assert!(running.metrics.batches_written.get() >= n / 1_000);
     assert_eq!(running.state(), InfluxState::Ok);
@@ -73,7 +73,7 @@ fn an_outage_loses_nothing_and_writes_nothing_twice() -> Result<()> {
     influxd.start_again()?;
     let total = (n + m) as i64;
     wait_until("everything counted", || Ok(influxd.scalar(COUNT)? >= total))?;
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     assert_eq!(influxd.scalar(COUNT)?, total, "no point may be counted twice");
     // Per courier too (each has its own series).
     let per_courier = influxd.query(&format!("{COUNT} GROUP BY courier"))?;
@@ -112,19 +112,20 @@ fn invalid_points_become_dead_letters_and_the_rest_arrives() -> Result<()> {
     let running = env.ship();
     wait_until("the first points", || Ok(influxd.scalar(COUNT)? == 10))?;
 
-    // One batch: good points around a type conflict and an unparseable line.
+    // One batch: good points around a type conflict and an unparseable line, each bad line in
+    // the middle of a commit (an outbox entry), plus a commit of the bad line alone.
     let conflict = format!("courier_location,courier=bad lat=\"oops\",lon=1 {}", base + 500);
     let garbage = format!("courier_location,courier=worse lat=1,lon= {}", base + 501);
-    env.enqueue((10..400).map(|i| fix(base, i, 2)));
-    env.enqueue_raw(&[&conflict]);
-    env.enqueue((400..800).map(|i| fix(base, i, 2)));
-    env.enqueue_raw(&[&garbage]);
-    env.enqueue((800..1000).map(|i| fix(base, i, 2)));
+    let alone = format!("courier_location,courier=alone lat=1,lon=x {}", base + 502);
+    let good = |from, to| env.lines((from..to).map(|i| fix(base, i, 2)));
+    env.commit([good(10, 400), vec![conflict.clone()], good(400, 800)].concat());
+    env.enqueue_raw(&[&alone]);
+    env.commit([good(800, 900), vec![garbage.clone()], good(900, 1000)].concat());
 
-    wait_until("the outbox emptied", || Ok(env.outbox_len() == 0))?;
+    wait_until("the outbox emptied", || Ok(env.outbox_lines() == 0))?;
     assert_eq!(influxd.scalar(COUNT)?, 1000);
     let letters = env.dead_letters();
-    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters.len(), 3, "{letters:?}");
     let conflict_letter = letters.iter().find(|l| l.payload == conflict.as_bytes()).unwrap();
     assert_eq!(conflict_letter.reason, REJECTED_REASON);
     assert_eq!(conflict_letter.topic, "influx");
@@ -132,7 +133,9 @@ fn invalid_points_become_dead_letters_and_the_rest_arrives() -> Result<()> {
     assert!(conflict_letter.detail.contains("conflict"), "{}", conflict_letter.detail);
     let garbage_letter = letters.iter().find(|l| l.payload == garbage.as_bytes()).unwrap();
     assert_eq!(garbage_letter.courier.as_deref(), Some("worse"));
-    assert_eq!(running.metrics.lines_rejected.get(), 2);
+    assert!(letters.iter().any(|l| l.payload == alone.as_bytes()));
+    assert_eq!(running.metrics.lines_rejected.get(), 3);
+    assert_eq!(running.metrics.lines_written.get(), 1000);
     assert_eq!(running.state(), InfluxState::Ok);
     Ok(())
 }

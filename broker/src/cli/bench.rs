@@ -192,6 +192,7 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
         t
     });
     let mut seq = 0u64;
+    let mut next_ts = 0u64;
     while !run.stop.load(Ordering::Relaxed) {
         if let Some(ticker) = &mut ticker {
             ticker.tick().await;
@@ -202,11 +203,15 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
         };
         permit.context("window closed")?.forget();
         seq += 1;
-        let now_ms = crate::pipeline::now_ms();
-        let fixes = (0..run.fixes_per_report as u64)
+        // Device times strictly increase per courier, as on a phone, even when a burst of
+        // reports leaves within one millisecond: a track (and InfluxDB) keeps one fix per
+        // courier and millisecond, so equal times would count as one.
+        let first_ts = crate::pipeline::now_ms().max(next_ts);
+        next_ts = first_ts + fixes_per_report;
+        let fixes = (0..fixes_per_report)
             .map(|k| {
-                let step = (seq * run.fixes_per_report as u64 + k) as f64 * 1e-6;
-                Fix::from_degrees(now_ms - (fixes_per_report - 1 - k), 41.38 + step, 2.17 + step)
+                let step = (seq * fixes_per_report + k) as f64 * 1e-6;
+                Fix::from_degrees(first_ts + k, 41.38 + step, 2.17 + step)
             })
             .collect();
         let payload = wire::encode_report(&Report { seq, fixes });

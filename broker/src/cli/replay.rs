@@ -176,7 +176,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                  and shipped when locusd runs"
             );
         }
-        intake = intake.with_point_encoder(Box::new(outbox.point_encoder(influx_config.schema())));
+        intake = intake.with_influx_outbox(outbox, influx_config.schema());
     }
     let plugins = crate::serve::start_plugins(&config, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
@@ -286,7 +286,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         counts.rejected += (built.commit.dead_letters.len() + malformed.len()) as u64;
         built.commit.dead_letters.extend(malformed);
         built.commit.replay_progress = Some((identity.clone(), progress.encode()));
-        store.apply(&built.commit)?;
+        intake.apply(&built.commit)?;
         store.flush()?;
         bar.set_position(progress.offset);
     }

@@ -12,6 +12,9 @@ use super::line_protocol::SchemaConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Most `concurrent_requests` allowed (more only queues requests inside InfluxDB).
+const MAX_CONCURRENT_REQUESTS: usize = 64;
+
 /// Which InfluxDB write API to use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +79,10 @@ pub struct InfluxConfig {
     pub batch_lines: usize,
     /// Longest a line waits in the outbox for a batch to fill, milliseconds.
     pub batch_interval_ms: u64,
+    /// Write requests in flight at once. InfluxDB parses each request on one core, so two or
+    /// more let it use several; batches may then land out of order, which InfluxDB does not
+    /// mind (a point is identified by series and time).
+    pub concurrent_requests: usize,
     /// Outbox size limit, lines. At the limit the server stops acking new reports (devices keep
     /// them and resend) until the shipper has drained below it. A line takes about 150–250
     /// bytes in sled, so the default (10 M) is roughly 2 GB of disk.
@@ -109,6 +116,7 @@ impl Default for InfluxConfig {
             tag_attributes: Vec::new(),
             batch_lines: 5_000,
             batch_interval_ms: 1_000,
+            concurrent_requests: 2,
             max_outbox_entries: 10_000_000,
             connect_timeout_ms: 2_000,
             request_timeout_ms: 30_000,
@@ -138,6 +146,7 @@ impl fmt::Debug for InfluxConfig {
             .field("tag_attributes", &self.tag_attributes)
             .field("batch_lines", &self.batch_lines)
             .field("batch_interval_ms", &self.batch_interval_ms)
+            .field("concurrent_requests", &self.concurrent_requests)
             .field("max_outbox_entries", &self.max_outbox_entries)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
@@ -261,6 +270,10 @@ impl InfluxConfig {
         let positive = [
             (self.batch_lines == 0, "batch_lines must be at least 1"),
             (self.batch_interval_ms == 0, "batch_interval_ms must be at least 1"),
+            (
+                !(1..=MAX_CONCURRENT_REQUESTS).contains(&self.concurrent_requests),
+                "concurrent_requests must be between 1 and 64",
+            ),
             (self.max_outbox_entries == 0, "max_outbox_entries must be at least 1"),
             (self.connect_timeout_ms == 0, "connect_timeout_ms must be at least 1"),
             (self.request_timeout_ms == 0, "request_timeout_ms must be at least 1"),
@@ -408,6 +421,8 @@ mod tests {
             "url = \"ftp://x\"",
             "url = \"http://x/?db=y\"",
             "batch_lines = 0",
+            "concurrent_requests = 0",
+            "concurrent_requests = 1000",
             "database = \"\"",
             "backoff_initial_ms = 10\nbackoff_max_ms = 5",
         ] {

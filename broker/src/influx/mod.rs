@@ -1,9 +1,9 @@
 //! InfluxDB shipping: every committed fix becomes a line-protocol point in a durable sled
 //! outbox, and a shipper task writes the outbox to InfluxDB in batches.
 //!
-//! Enters: committed fixes (the commit path calls [`Outbox::point_encoder`] — or
-//! [`line_protocol::point`] — and inserts the line into the `influx_outbox` tree in the same
-//! atomic batch as the commit). Leaves: gzipped line-protocol write requests to InfluxDB (v1
+//! Enters: committed fixes (the commit path makes a line per fix with [`line_protocol::point`]
+//! and inserts the commit's lines as one [`outbox::entry`] into the `influx_outbox` tree, in the
+//! same atomic batch as the commit). Leaves: gzipped line-protocol write requests to InfluxDB (v1
 //! `/write` or v2 `/api/v2/write`), dead letters for points InfluxDB refuses, metrics and a
 //! health snapshot.
 //!
@@ -19,8 +19,7 @@
 //!
 //! ```ignore
 //! let outbox = influx::Outbox::open(store.db(), &cfg)?;
-//! let intake = intake
-//!     .with_point_encoder(Box::new(outbox.point_encoder(cfg.schema())));
+//! let intake = intake.with_influx_outbox(outbox.clone(), cfg.schema());
 //! let backpressure = { let o = outbox.clone(); move || o.is_full() };
 //! let metrics = influx::InfluxMetrics::default();
 //! server_metrics.register_with(|r| metrics.register(r));

@@ -1,11 +1,11 @@
 //! The shipper: a tokio task that drains the outbox into InfluxDB.
 //!
-//! Enters: lines in the [`Outbox`] (oldest first). Leaves: write requests (see
+//! Enters: outbox entries (a commit's lines each, oldest first). Leaves: write requests (see
 //! [`writer`](super::writer)); lines InfluxDB refuses as invalid, as [`DeadLetter`]s through the
 //! [`DeadLetterSink`]; metrics and health.
 //!
-//! A batch is sent when `batch_lines` lines wait, or when the oldest has waited
-//! `batch_interval_ms`. Lines leave the outbox only after a 2xx. A failed write (no answer, 5xx,
+//! A batch (whole entries) is sent when `batch_lines` lines wait, or when the oldest has waited
+//! `batch_interval_ms`. Entries leave the outbox only after a 2xx for all their lines. A failed write (no answer, 5xx,
 //! 429, 401/403/404) is retried with capped exponential back-off and jitter, forever: the outbox
 //! is durable and bounded, and at its limit the pipeline stops acking, so devices hold the
 //! data. A batch refused as invalid (400/422) is bisected until the invalid lines stand alone;
@@ -19,7 +19,7 @@
 use super::config::InfluxConfig;
 use super::line_protocol;
 use super::metrics::{HealthHandle, HealthState, InfluxMetrics};
-use super::outbox::Outbox;
+use super::outbox::{Entry, Outbox};
 use super::writer::{encode_body, InfluxError, Outcome, Writer};
 use crate::pipeline::now_ms;
 use crate::store::DeadLetter;
@@ -29,6 +29,7 @@ use sled::IVec;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 /// Stores dead letters (the server passes its store's dead-letter writer and counts them).
 /// Lines leave the outbox only after this returns `Ok`.
@@ -56,10 +57,12 @@ pub struct Shipper {
     gzip: bool,
     batch_lines: usize,
     batch_interval: Duration,
+    concurrent_requests: usize,
     backoff_initial: Duration,
     backoff_max: Duration,
-    /// When a failure was last logged, so a long outage logs every [`LOG_REPEAT`], not per try.
-    last_failure_log: Option<Instant>,
+    /// When a failure was last logged, so a long outage logs every [`LOG_REPEAT`], not per try
+    /// (shared by the requests in flight).
+    last_failure_log: Mutex<Option<Instant>>,
 }
 
 impl Shipper {
@@ -88,9 +91,10 @@ impl Shipper {
             gzip: config.gzip,
             batch_lines: config.batch_lines,
             batch_interval: Duration::from_millis(config.batch_interval_ms),
+            concurrent_requests: config.concurrent_requests,
             backoff_initial: Duration::from_millis(config.backoff_initial_ms),
             backoff_max: Duration::from_millis(config.backoff_max_ms),
-            last_failure_log: None,
+            last_failure_log: Mutex::new(None),
         })
     }
 
@@ -100,20 +104,34 @@ impl Shipper {
     }
 
     /// Ships until `shutdown` resolves (spawn it: `tokio::spawn(shipper.run(signal))`).
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         tracing::info!(endpoint = %self.writer.endpoint(), "InfluxDB shipper started");
+        let shipper = Arc::new(self);
         tokio::select! {
             () = shutdown => {}
-            () = self.drain() => {}
+            () = shipper.drain() => {}
         }
-        tracing::info!(waiting = self.outbox.depth(), "InfluxDB shipper stopped");
+        tracing::info!(waiting = shipper.outbox.depth(), "InfluxDB shipper stopped");
     }
 
-    async fn drain(&mut self) {
+    /// Reads batches and hands each to a task of its own, up to `concurrent_requests` at
+    /// once. Dropping this future (shutdown) aborts the tasks, which is safe at any await (see
+    /// the module doc).
+    async fn drain(self: &Arc<Self>) {
+        let mut in_flight = JoinSet::new();
+        // The newest entry handed to a request in flight: the next batch starts after it.
+        let mut cursor: Option<IVec> = None;
         let mut next_flush = Instant::now() + self.batch_interval;
         loop {
+            while in_flight.len() >= self.concurrent_requests {
+                finished(in_flight.join_next().await);
+            }
+            if in_flight.is_empty() {
+                // Whatever was handed out has left the outbox, or failed to and goes again.
+                cursor = None;
+            }
             self.refresh_gauges();
-            let batch = match self.read_batch().await {
+            let batch = match self.read_batch(cursor.clone()).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the InfluxDB outbox; trying again");
@@ -121,9 +139,12 @@ impl Shipper {
                     continue;
                 }
             };
-            let full = batch.len() >= self.batch_lines;
+            let lines: u64 = batch.iter().map(|entry| entry.lines).sum();
+            let full = lines >= self.batch_lines as u64;
             if !batch.is_empty() && (full || Instant::now() >= next_flush) {
-                self.ship(batch).await;
+                cursor = batch.last().map(|entry| entry.key.clone());
+                let shipper = Arc::clone(self);
+                in_flight.spawn(async move { shipper.ship(batch).await });
                 next_flush = Instant::now() + self.batch_interval;
                 continue;
             }
@@ -134,85 +155,135 @@ impl Shipper {
             tokio::select! {
                 () = tokio::time::sleep_until(next_flush.into()) => {}
                 () = self.outbox.batch_ready() => {}
+                done = in_flight.join_next(), if !in_flight.is_empty() => finished(done),
             }
         }
     }
 
-    async fn read_batch(&self) -> Result<Vec<(IVec, IVec)>, String> {
+    /// The oldest entries after `cursor` (from the start when `None`).
+    async fn read_batch(&self, cursor: Option<IVec>) -> Result<Vec<Entry>, String> {
         let outbox = self.outbox.clone();
         let max = self.batch_lines;
-        tokio::task::spawn_blocking(move || outbox.read_batch(max))
+        tokio::task::spawn_blocking(move || outbox.read_batch(cursor.as_deref(), max))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
 
-    /// Writes one batch, retrying and bisecting until every line is written or dead-lettered.
-    async fn ship(&mut self, batch: Vec<(IVec, IVec)>) {
-        // Sub-batches still to write; the last one is written next (earlier lines first).
-        let mut todo = vec![batch];
+    /// Writes one batch of outbox entries in one request; if InfluxDB refuses it, bisects.
+    async fn ship(&self, batch: Vec<Entry>) {
+        let values: Vec<IVec> = batch.iter().map(|entry| entry.value.clone()).collect();
+        let body = self.encode(values).await;
+        match self.deliver(body).await {
+            Ok(()) => {
+                self.count_written(batch.iter().map(|entry| entry.lines).sum());
+                self.remove(batch.iter());
+            }
+            Err(refusal) => self.bisect(&batch, refusal).await,
+        }
+    }
+
+    /// Writes the lines of a refused batch in halves, and halves of those, until every line is
+    /// written or stands alone refused (then it becomes a dead letter). An entry leaves the
+    /// outbox once all its lines have.
+    async fn bisect(&self, batch: &[Entry], refusal: String) {
+        // Every line, with the index of its entry (slices of the entries: no copies).
+        let lines: Vec<(usize, IVec)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, entry)| entry.split_lines().map(move |line| (i, line)))
+            .collect();
+        let mut unfinished: Vec<u64> = batch.iter().map(|entry| entry.lines).collect();
+        // Ranges of `lines` still to write, the next one last (so earlier lines go first), each
+        // with InfluxDB's refusal when it is already known.
+        let mut todo = vec![(0..lines.len(), Some(refusal))];
+        while let Some((range, known_refusal)) = todo.pop() {
+            let refusal = match known_refusal {
+                Some(refusal) => Some(refusal),
+                None => {
+                    let chunk = lines[range.clone()].iter().map(|(_, line)| line.clone()).collect();
+                    let body = self.encode(chunk).await;
+                    self.deliver(body).await.err()
+                }
+            };
+            match refusal {
+                None => self.count_written(range.len() as u64),
+                Some(refusal) if range.len() == 1 => {
+                    self.dead_letter(&lines[range.start].1, &refusal).await;
+                }
+                Some(refusal) => {
+                    tracing::debug!(lines = range.len(), %refusal, "InfluxDB refused a batch; bisecting");
+                    let middle = range.start + range.len() / 2;
+                    todo.push((middle..range.end, None));
+                    todo.push((range.start..middle, None));
+                    continue;
+                }
+            }
+            let mut finished = Vec::new();
+            for (i, _) in &lines[range] {
+                unfinished[*i] -= 1;
+                if unfinished[*i] == 0 {
+                    finished.push(&batch[*i]);
+                }
+            }
+            self.remove(finished);
+        }
+    }
+
+    /// Sends one body until InfluxDB takes it (`Ok`) or refuses it as invalid or too large
+    /// (`Err` with InfluxDB's error). Every other failure is retried with back-off, forever.
+    async fn deliver(&self, body: Bytes) -> Result<(), String> {
         let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
-        while let Some(chunk) = todo.pop() {
-            let body = self.encode(&chunk).await;
-            loop {
-                let started = Instant::now();
-                let outcome = self.writer.write(body.clone()).await;
-                self.refresh_gauges();
-                match outcome {
-                    Outcome::Written => {
+        loop {
+            let started = Instant::now();
+            let outcome = self.writer.write(body.clone()).await;
+            self.refresh_gauges();
+            match outcome {
+                Outcome::Written => {
+                    self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+                    self.succeeded();
+                    return Ok(());
+                }
+                Outcome::Rejected { detail } | Outcome::TooLarge { detail } => {
+                    self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+                    return Err(detail);
+                }
+                Outcome::Failed { status, detail, retry_after } => {
+                    if status.is_some() {
                         self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
-                        if let Err(e) = self.outbox.remove(chunk.iter().map(|(k, _)| k.clone())) {
-                            // The lines stay and are sent again: a duplicate write, no loss.
-                            tracing::error!(error = %e, "cannot remove written lines from the outbox");
-                        }
-                        self.metrics.lines_written.inc_by(chunk.len() as u64);
-                        self.metrics.batches_written.inc();
-                        self.succeeded();
-                        backoff.reset();
-                        break;
                     }
-                    Outcome::Rejected { detail } | Outcome::TooLarge { detail }
-                        if chunk.len() == 1 =>
-                    {
-                        self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
-                        if self.dead_letter(&chunk[0], &detail) {
-                            break;
-                        }
-                        // The dead letter could not be stored: keep the line, try later.
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                    Outcome::Rejected { detail } | Outcome::TooLarge { detail } => {
-                        self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
-                        tracing::debug!(lines = chunk.len(), %detail, "InfluxDB refused a batch; bisecting");
-                        let mut first = chunk;
-                        let second = first.split_off(first.len() / 2);
-                        todo.push(second);
-                        todo.push(first);
-                        break;
-                    }
-                    Outcome::Failed { status, detail, retry_after } => {
-                        if status.is_some() {
-                            self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
-                        }
-                        let delay = retry_after
-                            .map_or_else(|| backoff.next_delay(), |d| d.min(self.backoff_max));
-                        self.failed(status, &detail, delay);
-                        tokio::time::sleep(delay).await;
-                    }
+                    let delay = retry_after
+                        .map_or_else(|| backoff.next_delay(), |d| d.min(self.backoff_max));
+                    self.failed(status, &detail, delay);
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
-    async fn encode(&self, chunk: &[(IVec, IVec)]) -> Bytes {
-        let lines: Vec<IVec> = chunk.iter().map(|(_, line)| line.clone()).collect();
+    fn count_written(&self, lines: u64) {
+        self.metrics.lines_written.inc_by(lines);
+        self.metrics.batches_written.inc();
+    }
+
+    /// Removes entries whose every line InfluxDB has (or the dead letters have).
+    fn remove<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
+        if let Err(e) = self.outbox.remove(entries) {
+            // The lines stay and are sent again: a duplicate write, no loss.
+            tracing::error!(error = %e, "cannot remove written lines from the outbox");
+        }
+    }
+
+    /// The request body for `pieces` (lines, or outbox entries of lines).
+    async fn encode(&self, pieces: Vec<IVec>) -> Bytes {
         let gzip = self.gzip;
+        let size: usize = pieces.iter().map(|piece| piece.len()).sum();
         // Small chunks (bisection) are cheap enough to encode in place; a full batch is
         // hundreds of kilobytes of gzip work, kept off the async workers.
-        if lines.len() < 64 {
-            return encode_body(&lines, gzip);
+        if size < 16 * 1024 {
+            return encode_body(&pieces, gzip);
         }
-        let shared = Arc::new(lines);
+        let shared = Arc::new(pieces);
         let job = Arc::clone(&shared);
         match tokio::task::spawn_blocking(move || encode_body(&job, gzip)).await {
             Ok(body) => body,
@@ -221,22 +292,27 @@ impl Shipper {
         }
     }
 
-    /// Moves one refused line to the dead letters; false if they could not be stored.
-    fn dead_letter(&self, (key, line): &(IVec, IVec), detail: &str) -> bool {
-        let letter = DeadLetter {
-            reason: REJECTED_REASON.to_owned(),
-            detail: detail.to_owned(),
-            topic: DEAD_LETTER_TOPIC.to_owned(),
-            courier: line_protocol::tag_of_line(line, "courier"),
-            received_ms: line_protocol::received_ms_of_line(line).unwrap_or_else(now_ms),
-            payload: line.to_vec(),
-        };
-        if let Err(e) = (self.dead_letters)(vec![letter]) {
-            tracing::error!(error = %e, "cannot store a dead letter for a line InfluxDB refused");
-            return false;
-        }
-        if let Err(e) = self.outbox.remove([key.clone()]) {
-            tracing::error!(error = %e, "cannot remove a dead-lettered line from the outbox");
+    /// Stores one refused line as a dead letter, retrying until the store takes it (the line
+    /// stays in the outbox meanwhile). A crash between storing the dead letter and removing
+    /// the line's entry stores it once more after the restart: a duplicate, never a loss.
+    async fn dead_letter(&self, line: &[u8], detail: &str) {
+        let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
+        loop {
+            let letter = DeadLetter {
+                reason: REJECTED_REASON.to_owned(),
+                detail: detail.to_owned(),
+                topic: DEAD_LETTER_TOPIC.to_owned(),
+                courier: line_protocol::tag_of_line(line, "courier"),
+                received_ms: line_protocol::received_ms_of_line(line).unwrap_or_else(now_ms),
+                payload: line.to_vec(),
+            };
+            match (self.dead_letters)(vec![letter]) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store a dead letter for a line InfluxDB refused");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
         }
         self.metrics.lines_rejected.inc();
         tracing::warn!(
@@ -248,10 +324,9 @@ impl Shipper {
             h.last_error = Some(format!("point refused: {detail}"));
             h.last_error_ms = Some(now_ms());
         });
-        true
     }
 
-    fn succeeded(&mut self) {
+    fn succeeded(&self) {
         let mut recovered = None;
         self.health.update(|h| {
             if h.consecutive_failures > 0 {
@@ -268,11 +343,11 @@ impl Shipper {
                 waiting = self.outbox.depth(),
                 "InfluxDB takes writes again; shipping the backlog"
             );
-            self.last_failure_log = None;
+            *lock(&self.last_failure_log) = None;
         }
     }
 
-    fn failed(&mut self, status: Option<reqwest::StatusCode>, detail: &str, delay: Duration) {
+    fn failed(&self, status: Option<reqwest::StatusCode>, detail: &str, delay: Duration) {
         let label = status.map_or_else(|| "network".to_owned(), |s| s.as_u16().to_string());
         self.metrics.failure(&label);
         self.metrics.retries.inc();
@@ -285,10 +360,13 @@ impl Shipper {
             h.last_error = Some(detail.to_owned());
             h.last_error_ms = Some(now_ms());
         });
-        if self.last_failure_log.is_some_and(|at| at.elapsed() < LOG_REPEAT) {
-            return;
+        {
+            let mut last_log = lock(&self.last_failure_log);
+            if last_log.is_some_and(|at| at.elapsed() < LOG_REPEAT) {
+                return;
+            }
+            *last_log = Some(Instant::now());
         }
-        self.last_failure_log = Some(Instant::now());
         let hint = match status.map(|s| s.as_u16()) {
             None => "InfluxDB is unreachable",
             Some(401 | 403) => {
@@ -320,18 +398,31 @@ impl Shipper {
     }
 }
 
+/// Logs a shipping task that ended other than by finishing its batch (it panicked: its lines
+/// stay in the outbox and go again).
+fn finished(task: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = task {
+        tracing::error!(error = %e, "an InfluxDB write task failed; its lines are sent again");
+    }
+}
+
+/// A lock that outlives a panic of another holder (the data is a timestamp).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Capped exponential back-off with "equal jitter": each delay is between half and all of the
-/// current step, so many locusd instances hitting one recovering InfluxDB spread out.
+/// current step, so many locusd instances hitting one recovering InfluxDB spread out. One per
+/// thing retried: a success ends it.
 #[derive(Debug)]
 struct Backoff {
-    initial: Duration,
     max: Duration,
     step: Duration,
 }
 
 impl Backoff {
     fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, step: initial }
+        Backoff { max, step: initial }
     }
 
     fn next_delay(&mut self) -> Duration {
@@ -339,10 +430,6 @@ impl Backoff {
         self.step = (self.step * 2).min(self.max);
         let half = step / 2;
         half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-    }
-
-    fn reset(&mut self) {
-        self.step = self.initial;
     }
 }
 
@@ -359,7 +446,5 @@ mod tests {
             let step = Duration::from_millis(step);
             assert!(d >= step / 2 && d <= step, "{d:?} for step {step:?}");
         }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -19,6 +19,7 @@ mod validate;
 pub use validate::{FixProblem, ReportProblem};
 
 use crate::config::PipelineConfig;
+use crate::influx::{line_protocol, Outbox, SchemaConfig};
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
 use crate::store::{CommitBatch, DeadLetter, Store, StoreError, StoredFix};
@@ -59,9 +60,6 @@ pub struct TransformOutput {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// Turns a committed fix into an InfluxDB line-protocol point (set when `[influx]` is on).
-pub type PointEncoder = Box<dyn Fn(&str, &StoredFix) -> String + Send>;
-
 /// Reports whether the InfluxDB outbox is full (then the pipeline stops taking reports in).
 pub type BackpressureCheck = Box<dyn Fn() -> bool + Send>;
 
@@ -101,7 +99,13 @@ pub struct Intake {
     metrics: Arc<Metrics>,
     couriers: HashMap<String, CourierState>,
     transform: Option<Box<dyn FixTransform>>,
-    point_encoder: Option<PointEncoder>,
+    influx: Option<InfluxQueue>,
+}
+
+/// Where committed fixes are queued for InfluxDB (when `[influx]` is on).
+struct InfluxQueue {
+    outbox: Outbox,
+    schema: SchemaConfig,
 }
 
 /// What one call of [`Intake::build`] produced.
@@ -117,14 +121,7 @@ pub struct BuiltBatch {
 impl Intake {
     /// A new intake stage over `store`.
     pub fn new(config: PipelineConfig, store: Store, metrics: Arc<Metrics>) -> Intake {
-        Intake {
-            config,
-            store,
-            metrics,
-            couriers: HashMap::new(),
-            transform: None,
-            point_encoder: None,
-        }
+        Intake { config, store, metrics, couriers: HashMap::new(), transform: None, influx: None }
     }
 
     /// Puts a transform (the plugin chain) between validation and commit.
@@ -133,10 +130,24 @@ impl Intake {
         self
     }
 
-    /// Queues an InfluxDB point for every committed fix.
-    pub fn with_point_encoder(mut self, encoder: PointEncoder) -> Intake {
-        self.point_encoder = Some(encoder);
+    /// Queues an InfluxDB point for every committed fix in `outbox`.
+    pub fn with_influx_outbox(mut self, outbox: Outbox, schema: SchemaConfig) -> Intake {
+        self.influx = Some(InfluxQueue { outbox, schema });
         self
+    }
+
+    /// Applies a built batch to the store (atomically; durable at the next flush) and counts
+    /// its InfluxDB lines into the outbox depth. On failure nothing of it is applied, and the
+    /// courier cache is dropped, since it may have run ahead of sled.
+    pub fn apply(&mut self, commit: &CommitBatch) -> Result<(), StoreError> {
+        if let Err(e) = self.store.apply(commit) {
+            self.couriers.clear();
+            return Err(e);
+        }
+        if let Some(influx) = &self.influx {
+            influx.outbox.record_enqueued(commit.influx_points.len() as u64);
+        }
+        Ok(())
     }
 
     fn courier_state(&mut self, courier: &str) -> Result<CourierState, StoreError> {
@@ -343,8 +354,8 @@ impl Intake {
                 batch.order_location.insert(order.to_owned(), (courier.clone(), stored.clone()));
             }
         }
-        if let Some(encode) = &self.point_encoder {
-            batch.influx_points.push(encode(&courier, &stored));
+        if let Some(influx) = &self.influx {
+            batch.influx_points.push(line_protocol::point(&courier, &stored, &influx.schema));
         }
         batch.track.push((courier, stored));
         Ok(())
@@ -428,10 +439,8 @@ fn run_intake(
             }
         };
         publishes.clear();
-        if let Err(e) = intake.store.apply(&built.commit) {
+        if let Err(e) = intake.apply(&built.commit) {
             tracing::error!(error = %e, "cannot apply commit batch; not acked, devices will resend");
-            // The in-memory seq cache may now be ahead of sled: forget it.
-            intake.couriers.clear();
             continue;
         }
         let pending = PendingAcks {

@@ -9,7 +9,7 @@
 //! - `track`: courier `0x00` ts_ms (u64 BE) → [`StoredFix`]; bounded by the pruner
 //! - `committed_seq`: courier → u64 BE, the highest committed report seq (dedup + acks)
 //! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`]
-//! - `influx_outbox`: id (u64 BE) → one line-protocol point (see [`crate::influx`])
+//! - `influx_outbox`: id (u64 BE) → a commit's line-protocol points (see [`crate::influx::outbox`])
 //! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes)
 //!
 //! Nothing here flushes on its own: the pipeline calls [`Store::flush`] once per group of
@@ -130,7 +130,7 @@ impl Store {
             order_location: db.open_tree("order_location")?,
             track: db.open_tree("track")?,
             committed_seq: db.open_tree("committed_seq")?,
-            influx_outbox: db.open_tree("influx_outbox")?,
+            influx_outbox: db.open_tree(crate::influx::OUTBOX_TREE)?,
             replay_progress: db.open_tree("replay_progress")?,
             dead_letters,
             next_dead_letter_id: std::sync::Arc::new(AtomicU64::new(next_dead_letter_id)),
@@ -171,9 +171,10 @@ impl Store {
             let id = self.next_dead_letter_id.fetch_add(1, Ordering::Relaxed);
             dead.insert(&id.to_be_bytes(), encode(letter));
         }
+        // One outbox entry for the whole commit (see `influx::outbox` for why).
         let mut outbox = sled::Batch::default();
-        for point in &batch.influx_points {
-            outbox.insert(&self.db.generate_id()?.to_be_bytes(), point.as_bytes());
+        if let Some(entry) = crate::influx::outbox::entry(&batch.influx_points) {
+            outbox.insert(&self.db.generate_id()?.to_be_bytes(), entry);
         }
         let mut progress = sled::Batch::default();
         if let Some((key, value)) = &batch.replay_progress {

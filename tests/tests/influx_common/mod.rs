@@ -5,10 +5,11 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use anyhow::{bail, Result};
+use locus_broker::influx::outbox::lines_of;
 use locus_broker::influx::{
-    DeadLetterSink, HealthHandle, InfluxConfig, InfluxMetrics, InfluxState, Outbox, Shipper,
+    point, DeadLetterSink, HealthHandle, InfluxConfig, InfluxMetrics, InfluxState, Outbox, Shipper,
 };
-use locus_broker::store::{DeadLetter, Store, StoredFix};
+use locus_broker::store::{CommitBatch, DeadLetter, Store, StoredFix};
 use locus_sdk::wire::{Fix, FixDetails};
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -37,6 +38,10 @@ pub fn fix(base: u64, i: u64, couriers: u64) -> (String, StoredFix) {
     (courier, StoredFix { fix, attributes: vec![], received_ms: base + i + 150 })
 }
 
+/// Fixes per commit in [`Env::enqueue`]: under load the pipeline commits hundreds of reports
+/// at once; 100 keeps several entries in every test batch.
+pub const LINES_PER_COMMIT: usize = 100;
+
 /// A store in a temp dir and its outbox.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -53,28 +58,47 @@ impl Env {
         Env { dir, store, outbox, config }
     }
 
-    /// Queues fixes the way the commit path does: a line per fix, keyed by `generate_id`.
+    /// Queues fixes the way the commit path does under load: a commit (one outbox entry) per
+    /// [`LINES_PER_COMMIT`] fixes.
     pub fn enqueue(&self, fixes: impl IntoIterator<Item = (String, StoredFix)>) {
-        let encode = self.outbox.point_encoder(self.config.schema());
-        let mut batch = sled::Batch::default();
-        for (courier, fix) in fixes {
-            let id = self.store.db().generate_id().unwrap();
-            batch.insert(&id.to_be_bytes(), encode(&courier, &fix).as_bytes());
-        }
-        self.outbox.tree().apply_batch(batch).unwrap();
+        self.enqueue_commits(fixes, LINES_PER_COMMIT);
     }
 
-    /// Queues raw lines (for points the schema would never produce).
+    /// Queues fixes in commits of `per_commit` fixes.
+    pub fn enqueue_commits(
+        &self,
+        fixes: impl IntoIterator<Item = (String, StoredFix)>,
+        per_commit: usize,
+    ) {
+        for commit in self.lines(fixes).chunks(per_commit) {
+            self.commit(commit.to_vec());
+        }
+    }
+
+    /// Queues raw lines (for points the schema would never produce), a commit each.
     pub fn enqueue_raw(&self, lines: &[&str]) {
         for line in lines {
-            let id = self.store.db().generate_id().unwrap();
-            self.outbox.tree().insert(id.to_be_bytes(), line.as_bytes()).unwrap();
-            self.outbox.record_enqueued(1);
+            self.commit(vec![(*line).to_owned()]);
         }
     }
 
-    pub fn outbox_len(&self) -> usize {
-        self.outbox.tree().len()
+    /// The lines of fixes, as the commit path makes them.
+    pub fn lines(&self, fixes: impl IntoIterator<Item = (String, StoredFix)>) -> Vec<String> {
+        let schema = self.config.schema();
+        fixes.into_iter().map(|(courier, fix)| point(&courier, &fix, &schema)).collect()
+    }
+
+    /// One commit of `lines` (one outbox entry), through the store's commit and the outbox's
+    /// count, as `Intake::apply` does.
+    pub fn commit(&self, lines: Vec<String>) {
+        let count = lines.len() as u64;
+        self.store.apply(&CommitBatch { influx_points: lines, ..CommitBatch::default() }).unwrap();
+        self.outbox.record_enqueued(count);
+    }
+
+    /// Lines waiting in the outbox, counted from sled (not from the outbox's counter).
+    pub fn outbox_lines(&self) -> usize {
+        self.outbox.tree().iter().values().map(|value| lines_of(&value.unwrap()).count()).sum()
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
