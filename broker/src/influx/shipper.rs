@@ -12,6 +12,10 @@
 //! those become dead letters with InfluxDB's error and the rest is written, so one bad point
 //! never blocks the outbox. A 413 splits the batch the same way.
 //!
+//! Up to `concurrent_requests` batches are in flight at once, each in a task of its own (so a
+//! batch being retried does not hold back the next); a new batch starts after the newest entry
+//! in flight, and once nothing is in flight the next read starts from the oldest entry again.
+//!
 //! Stopping: every await point is safe to abandon (lines are removed only after the answer, in
 //! one synchronous step), so shutdown simply stops the task; whatever was in flight is sent
 //! again at the next start, and InfluxDB overwrites identical points.
