@@ -11,8 +11,14 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 
 /// Runs `locusd replay` on the server's data dir with [`CONFIG`].
 fn replay(server: &LocusServer, file: &Path, extra: &[&str]) -> Output {
+    replay_with(server, file, CONFIG, extra)
+}
+
+/// Runs `locusd replay` on the server's data dir with the configuration `config`.
+fn replay_with(server: &LocusServer, file: &Path, config: &str, extra: &[&str]) -> Output {
+    let config_text = config;
     let config = server.data_dir().with_file_name("replay.toml");
-    std::fs::write(&config, CONFIG).expect("config file");
+    std::fs::write(&config, config_text).expect("config file");
     Command::new(locusd())
         .arg("replay")
         .arg(file)
@@ -28,6 +34,11 @@ fn replay(server: &LocusServer, file: &Path, extra: &[&str]) -> Output {
 /// The summary line of a successful replay.
 fn summary(output: &Output) -> String {
     assert!(output.status.success(), "replay failed: {output:?}");
+    summary_line(output)
+}
+
+/// The summary line, which replay prints also when it stops early.
+fn summary_line(output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout.lines().last().expect("a summary line").to_owned()
 }
@@ -136,4 +147,45 @@ fn interrupted_csv_backfill_resumes_where_it_stopped() {
     assert_eq!(location["ts"].as_u64(), Some(old + 49_000));
     assert_eq!(location["heading"].as_f64(), Some(90.0));
     assert_eq!(server.get_ok("/v1/orders/o-1/location")["ts"].as_u64(), Some(old + 48_000));
+}
+
+#[test]
+fn a_full_influx_outbox_stops_the_backfill_and_a_rerun_resumes() {
+    let mut server = LocusServer::start_with(true, Some(CONFIG));
+    assert!(server.stop());
+    let file = server.data_dir().with_file_name("history.jsonl");
+    let old = now_ms() - 10 * DAY_MS;
+    let lines: Vec<String> = (0..30)
+        .map(|i| format!(r#"{{"courier":"c4","ts":{},"lat":41.0,"lon":2.0}}"#, old + i * 1000))
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    // Replay never ships (nothing listens at this URL, and nothing tries): the outbox fills.
+    let with_limit = |limit: u64| {
+        format!(
+            "{CONFIG}[influx]\nurl = \"http://127.0.0.1:9\"\ndatabase = \"x\"\n\
+             max_outbox_entries = {limit}\n"
+        )
+    };
+
+    // Batches of 4 lines: 4, 8, 12 queued, then the outbox (limit 10) is full.
+    let stopped = replay_with(&server, &file, &with_limit(10), &["--batch", "4"]);
+    assert!(!stopped.status.success(), "{stopped:?}");
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        stderr.contains("stopped before line 13") && stderr.contains("at its limit"),
+        "{stderr}"
+    );
+    assert_eq!(summary_line(&stopped), "accepted=12 rejected=0 duplicates=0");
+    // Still full: a rerun takes nothing in.
+    let still = replay_with(&server, &file, &with_limit(10), &["--batch", "4"]);
+    assert!(!still.status.success());
+    assert_eq!(summary_line(&still), "accepted=0 rejected=0 duplicates=0");
+    // Room again (here: a higher limit; in real life, locusd shipped): it resumes and finishes.
+    let rest = replay_with(&server, &file, &with_limit(1_000), &["--batch", "4"]);
+    assert!(String::from_utf8_lossy(&rest.stderr).contains("resuming"), "{rest:?}");
+    assert_eq!(summary(&rest), "accepted=18 rejected=0 duplicates=0");
+
+    server.restart();
+    let expected: Vec<u64> = (0..30).map(|i| old + i * 1000).collect();
+    assert_eq!(server.track_ts("c4"), expected);
 }

@@ -4,7 +4,9 @@
 //! validation (without the `max_age_ms` window: backfill is old by nature), the same plugin
 //! chain, and one sled batch per `--batch` lines into the track, the last locations (the newest
 //! device time wins, so old fixes never move them backwards) and, with `[influx]`, the InfluxDB
-//! outbox (shipped when locusd next runs). No seq, no ack, no live notification.
+//! outbox (shipped when locusd next runs). No seq, no ack, no live notification. At the outbox
+//! limit replay stops (exit status 1, saying why) before the next batch: nothing ships while
+//! it runs, and a rerun once locusd has shipped the outbox resumes.
 //!
 //! Resumable: the batch also records the byte offset after its last line in the
 //! `replay_progress` tree, keyed by the file's identity (canonical path, size, modification
@@ -167,16 +169,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let store = open_store(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new());
     let mut intake = Intake::new(config.pipeline.clone(), store.clone(), metrics);
+    // Nothing ships while replay runs (locusd, which ships, holds the database), so the outbox
+    // only grows: replay stops at its limit, and a rerun after locusd has shipped resumes.
+    let mut outbox = None;
     if let Some(influx_config) = &config.influx {
-        let outbox = crate::influx::Outbox::open(store.db(), influx_config)
+        let opened = crate::influx::Outbox::open(store.db(), influx_config)
             .context("opening the InfluxDB outbox")?;
-        if outbox.is_full() {
-            eprintln!(
-                "warning: the InfluxDB outbox is at its limit; replayed points are queued anyway \
-                 and shipped when locusd runs"
-            );
-        }
-        intake = intake.with_influx_outbox(outbox, influx_config.schema());
+        intake = intake.with_influx_outbox(opened.clone(), influx_config.schema());
+        outbox = Some(opened);
     }
     let plugins = crate::serve::start_plugins(&config, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
@@ -211,7 +211,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut lines_read = 0u64;
     let mut line = Vec::new();
     let mut done = false;
+    let mut stopped_at_limit = None;
     while !done {
+        if let Some(outbox) = outbox.as_ref().filter(|o| o.at_limit()) {
+            stopped_at_limit = Some(outbox.max_entries());
+            break;
+        }
         let mut fixes = Vec::new();
         let mut malformed = Vec::new();
         let mut in_batch = HashSet::new();
@@ -296,6 +301,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         "accepted={} rejected={} duplicates={}",
         counts.accepted, counts.rejected, counts.duplicates
     );
+    if let Some(limit) = stopped_at_limit {
+        anyhow::bail!(
+            "stopped before line {}: the InfluxDB outbox is at its limit ({limit} lines, \
+             [influx] max_outbox_entries). Start locusd so it ships the outbox to InfluxDB, then \
+             run the same replay again: it resumes there.",
+            progress.line + 1
+        );
+    }
     Ok(())
 }
 

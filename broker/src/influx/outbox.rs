@@ -154,10 +154,16 @@ impl Outbox {
         self.inner.max_entries
     }
 
+    /// Whether the outbox holds `max_outbox_entries` lines or more (no logging; see
+    /// [`Outbox::is_full`] for the server's check).
+    pub fn at_limit(&self) -> bool {
+        self.depth() >= self.inner.max_entries
+    }
+
     /// Whether the outbox is at its size limit: the pipeline must stop acking new reports.
     /// Logs when the outbox becomes full and when it has room again.
     pub fn is_full(&self) -> bool {
-        let full = self.depth() >= self.inner.max_entries;
+        let full = self.at_limit();
         if self.inner.full.swap(full, Ordering::Relaxed) != full {
             if full {
                 tracing::warn!(
