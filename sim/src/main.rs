@@ -21,13 +21,14 @@ mod route;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use locus_sdk::client::{BatchConfig, ClientError, Courier, CourierConfig, FixInput, WhenFull};
+use locus_sdk::wire::now_ms;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Couriers riding a city through locus-sdk, against a running locusd.
 #[derive(Debug, Parser)]
@@ -126,10 +127,6 @@ fn read_tokens(path: &Path) -> Result<HashMap<String, String>> {
         }
     }
     Ok(tokens)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counters shared by the driver threads.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How long tests wait for something that should happen quickly. Generous: CI machines are
 /// slow and loaded; tests never assert on how fast things happen.
@@ -46,11 +46,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock after 1970").as_millis()
-        as u64
-}
+pub use locus_sdk::wire::now_ms;
 
 /// Waits until `check` returns `Some`, or fails after [`PATIENCE`] naming `what`.
 pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {

@@ -31,7 +31,7 @@ use rumqttd::Notification;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A validated fix on its way to commit: what plugins see and may change.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,10 +70,7 @@ pub fn courier_of(topic: &str) -> Option<&str> {
     locus_sdk::topics::courier_of_locations(topic)
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use locus_sdk::wire::now_ms;
 
 /// What the pipeline remembers per courier between batches (loaded from sled on first sight).
 #[derive(Debug, Clone, Copy)]

@@ -26,12 +26,12 @@ pub use error::ClientError;
 
 use crate::topics;
 use crate::wire::json::FixJson;
-use crate::wire::Fix;
+use crate::wire::{now_ms, Fix};
 use outbox::{AckOutcome, Outbox};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A position fix as the app has it, in natural units.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -144,10 +144,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the outbox half-applied in a way that matters
     // more than stopping: every change is written to the log before it is applied.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shared {

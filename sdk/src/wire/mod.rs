@@ -110,6 +110,15 @@ impl core::fmt::Display for WireError {
 #[cfg(feature = "std")]
 impl std::error::Error for WireError {}
 
+/// Unix milliseconds now: the clock and unit of device times ([`Fix::ts_ms`]) and of the
+/// server's receive times. 0 on a clock set before 1970.
+#[cfg(feature = "std")]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl WireError {
     /// A short, stable name for metrics labels and dead-letter reasons.
     pub fn code(&self) -> &'static str {
