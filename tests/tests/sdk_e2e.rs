@@ -214,74 +214,64 @@ fn fixes_arrive_in_order_without_gaps() {
     assert_tracks_match(&server, &reported);
 }
 
-#[test]
-fn fifty_couriers_survive_locusd_kill9_and_restart_exactly_once() {
+/// `couriers` simulated apps report every `interval_ms` for `duration_s` seconds. After
+/// `before` reported fixes `take_down` takes locusd away; once `during` more were reported it
+/// comes back. The apps must then finish and every fix they reported be in the tracks exactly
+/// once. Returns what they reported.
+fn reports_survive_an_outage(
+    couriers: usize,
+    interval_ms: u64,
+    duration_s: u64,
+    (before, during): (usize, usize),
+    take_down: impl FnOnce(&mut LocusServer),
+) -> BTreeMap<String, Vec<u64>> {
     let mut server = LocusServer::start();
     let work = tempfile::tempdir().expect("temp dir");
-    let ids = sim_ids(50);
+    let ids = sim_ids(couriers);
     let tokens = tokens_file(&server, work.path(), &ids);
+    let (couriers, interval_ms, duration_s) =
+        (couriers.to_string(), interval_ms.to_string(), duration_s.to_string());
     let sim = Running::spawn(sim_command(
         &server.mqtt.to_string(),
         &work.path().join("outboxes"),
         Some(&tokens),
         &[
             "--couriers",
-            "50",
+            &couriers,
             "--interval-ms",
-            "200",
+            &interval_ms,
             "--duration-s",
-            "10",
+            &duration_s,
             "--flush-timeout-s",
             "120",
         ],
     ));
-    // Kill the server in the middle of the run, keep it away a while, bring it back.
-    sim.wait_reported(300);
-    server.kill9();
+    sim.wait_reported(before);
+    take_down(&mut server);
     let down_from = sim.reported_count();
-    sim.wait_reported(down_from + 300);
+    sim.wait_reported(down_from + during);
     server.restart();
     let (code, stdout) = sim.finish();
     assert_eq!(code, Some(0), "{stdout}");
     let reported = reported(&stdout);
     let total: usize = reported.values().map(Vec::len).sum();
     assert_eq!(last_line(&stdout), (total as u64, total as u64));
-    assert_eq!(reported.len(), 50);
     assert_tracks_match(&server, &reported);
+    reported
+}
+
+#[test]
+fn fifty_couriers_survive_locusd_kill9_and_restart_exactly_once() {
+    // Killed in the middle of the run, kept away a while, brought back.
+    let reported = reports_survive_an_outage(50, 200, 10, (300, 300), LocusServer::kill9);
+    assert_eq!(reported.len(), 50);
 }
 
 #[test]
 fn locusd_stopped_while_the_app_reports_then_back_delivers_exactly_once() {
-    let mut server = LocusServer::start();
-    let work = tempfile::tempdir().expect("temp dir");
-    let ids = sim_ids(2);
-    let tokens = tokens_file(&server, work.path(), &ids);
-    let sim = Running::spawn(sim_command(
-        &server.mqtt.to_string(),
-        &work.path().join("outboxes"),
-        Some(&tokens),
-        &[
-            "--couriers",
-            "2",
-            "--interval-ms",
-            "20",
-            "--duration-s",
-            "8",
-            "--flush-timeout-s",
-            "120",
-        ],
-    ));
-    sim.wait_reported(50);
-    assert!(server.stop(), "locusd exits 0 on SIGTERM");
-    let down_from = sim.reported_count();
-    sim.wait_reported(down_from + 100);
-    server.restart();
-    let (code, stdout) = sim.finish();
-    assert_eq!(code, Some(0), "{stdout}");
-    let reported = reported(&stdout);
-    let total: usize = reported.values().map(Vec::len).sum();
-    assert_eq!(last_line(&stdout), (total as u64, total as u64));
-    assert_tracks_match(&server, &reported);
+    reports_survive_an_outage(2, 20, 8, (50, 100), |server| {
+        assert!(server.stop(), "locusd exits 0 on SIGTERM");
+    });
 }
 
 #[test]
