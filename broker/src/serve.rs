@@ -11,7 +11,7 @@ use crate::auth::TokenAuthority;
 use crate::config::Config;
 use crate::influx;
 use crate::metrics::Metrics;
-use crate::pipeline::{BackpressureCheck, Intake, PipelineHandle};
+use crate::pipeline::{Intake, PipelineHandle};
 use crate::plugins::{PluginHost, PluginRegistry};
 use crate::store::{DeadLetter, Store};
 use anyhow::Context as _;
@@ -37,12 +37,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut intake = Intake::new(config.pipeline.clone(), store.clone(), metrics.clone());
     let mut health: Vec<HealthProbe> = Vec::new();
     let (stop_shipper, shipper_stopped) = tokio::sync::watch::channel(false);
-    let mut backpressure = None;
     let mut shipper = None;
     if let Some(influx_config) = &config.influx {
         let wiring = start_influx(influx_config, &store, &metrics, shipper_stopped)?;
         intake = intake.with_influx_outbox(wiring.outbox, influx_config.schema());
-        backpressure = Some(wiring.backpressure);
         health.push(wiring.health);
         shipper = Some(wiring.task);
     }
@@ -51,7 +49,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     intake = intake.with_transform(Box::new(plugins.chain()));
 
     let link = crate::mqtt::start(&config.mqtt, auth.clone(), metrics.clone())?;
-    let pipeline = PipelineHandle::start(intake, link, backpressure)?;
+    let pipeline = PipelineHandle::start(intake, link)?;
 
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
 
@@ -116,7 +114,6 @@ pub(crate) fn start_plugins(config: &Config, store: &Store) -> anyhow::Result<Ar
 /// What `[influx]` adds to the server.
 struct InfluxWiring {
     outbox: influx::Outbox,
-    backpressure: BackpressureCheck,
     health: HealthProbe,
     task: tokio::task::JoinHandle<()>,
 }
@@ -138,14 +135,12 @@ fn start_influx(
         sink_store.record_dead_letters(letters)?;
         Ok(())
     });
-    let full = outbox.clone();
     let shipper = influx::Shipper::new(outbox.clone(), config, influx_metrics, sink)
         .context("configuring the InfluxDB shipper ([influx])")?;
     let handle = shipper.health();
     tracing::info!(url = %config.url, "shipping fixes to InfluxDB");
     Ok(InfluxWiring {
         outbox,
-        backpressure: Box::new(move || full.is_full()),
         health: Arc::new(move || {
             ("influx".to_owned(), serde_json::to_value(handle.snapshot()).unwrap_or_default())
         }),

@@ -19,8 +19,8 @@
 //!
 //! ```ignore
 //! let outbox = influx::Outbox::open(store.db(), &cfg)?;
+//! // The intake pauses (acks held back) while `outbox.is_full()`.
 //! let intake = intake.with_influx_outbox(outbox.clone(), cfg.schema());
-//! let backpressure = { let o = outbox.clone(); move || o.is_full() };
 //! let metrics = influx::InfluxMetrics::default();
 //! server_metrics.register_with(|r| metrics.register(r));
 //! let sink: influx::DeadLetterSink = Arc::new(move |letters| Ok(store.record_dead_letters(letters)?));

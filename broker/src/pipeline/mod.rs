@@ -60,9 +60,6 @@ pub struct TransformOutput {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// Reports whether the InfluxDB outbox is full (then the pipeline stops taking reports in).
-pub type BackpressureCheck = Box<dyn Fn() -> bool + Send>;
-
 /// The courier a locations topic belongs to. This is the seam for topic authorization: today
 /// the identity is the topic's courier (CONNECT already proved the username is a courier with a
 /// valid token and client id = username).
@@ -127,7 +124,8 @@ impl Intake {
         self
     }
 
-    /// Queues an InfluxDB point for every committed fix in `outbox`.
+    /// Queues an InfluxDB point for every committed fix in `outbox`; while the outbox is full
+    /// the running pipeline takes no reports in (acks held back, devices keep them).
     pub fn with_influx_outbox(mut self, outbox: Outbox, schema: SchemaConfig) -> Intake {
         self.influx = Some(InfluxQueue { outbox, schema });
         self
@@ -365,24 +363,14 @@ fn run_intake(
     mut intake: Intake,
     mut rx: LinkRx,
     to_committer: mpsc::SyncSender<PendingAcks>,
-    backpressure: Option<BackpressureCheck>,
     stop: Arc<AtomicBool>,
 ) {
     let max_batch = intake.config.max_batch_reports;
     let mut publishes: Vec<(Bytes, Bytes)> = Vec::with_capacity(max_batch);
     while !stop.load(Ordering::Relaxed) {
-        if let Some(full) = &backpressure {
-            let paused = full();
-            if paused != (intake.metrics.acks_paused.get() == 1) {
-                if paused {
-                    tracing::warn!(
-                        "InfluxDB outbox is full: not taking reports in (devices keep them until \
-                         acked) until the shipper drains it"
-                    );
-                } else {
-                    tracing::info!("InfluxDB outbox has room again: taking reports in");
-                }
-            }
+        if let Some(influx) = &intake.influx {
+            // `is_full` logs when the outbox fills and when it has room again.
+            let paused = influx.outbox.is_full();
             intake.metrics.acks_paused.set(i64::from(paused));
             if paused {
                 // Leave reports in the broker (and on devices, which resend what is not acked)
@@ -533,11 +521,7 @@ pub struct PipelineHandle {
 
 impl PipelineHandle {
     /// Starts the intake and committer threads.
-    pub fn start(
-        intake: Intake,
-        link: BrokerLink,
-        backpressure: Option<BackpressureCheck>,
-    ) -> std::io::Result<PipelineHandle> {
+    pub fn start(intake: Intake, link: BrokerLink) -> std::io::Result<PipelineHandle> {
         let stop = Arc::new(AtomicBool::new(false));
         // A few batches may wait for one flush; more means the disk is the bottleneck and the
         // intake should wait rather than pile up unflushed state.
@@ -548,7 +532,7 @@ impl PipelineHandle {
         let intake_stop = stop.clone();
         let intake = std::thread::Builder::new()
             .name("pipeline-intake".into())
-            .spawn(move || run_intake(intake, rx, to_committer, backpressure, intake_stop))?;
+            .spawn(move || run_intake(intake, rx, to_committer, intake_stop))?;
         let committer = std::thread::Builder::new()
             .name("pipeline-commit".into())
             .spawn(move || run_committer(store, tx, from_intake, metrics))?;
