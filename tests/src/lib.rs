@@ -372,6 +372,14 @@ impl TestCourier {
         self.publish_raw(wire::encode_report(report));
     }
 
+    /// The highest ack that has arrived so far, without waiting.
+    pub fn ack_now(&mut self) -> u64 {
+        while let Ok(ack) = self.acks.try_recv() {
+            self.last_ack = self.last_ack.max(ack);
+        }
+        self.last_ack
+    }
+
     /// Waits until an ack at or above `seq` arrives.
     pub fn wait_ack(&mut self, seq: u64) {
         let deadline = Instant::now() + PATIENCE;

@@ -73,3 +73,28 @@ fn the_outbox_survives_kill_9_of_locusd() {
     server.restart();
     wait_for_count(&influxd, 500);
 }
+
+#[test]
+fn a_full_outbox_holds_back_acks_until_influxdb_takes_writes() {
+    let mut influxd = Influxd::start("locus").unwrap();
+    influxd.stop().unwrap();
+    let config = format!("{}max_outbox_entries = 5\n", influx_config(&influxd));
+    let server = LocusServer::start_with(true, Some(&config));
+    let mut courier = TestCourier::connect(server.mqtt, "influx-3", None).unwrap();
+    let t0 = now_ms() - 100_000;
+
+    // Five fixes fill the outbox; the server says it holds acks back.
+    publish(&mut courier, 1, 5, t0);
+    wait_for("acks paused", || (server.metric("locus_acks_paused") == 1.0).then_some(()));
+    courier.publish(&report(6, t0 + 6, 41.0, 2.0));
+    // The sixth report stays in the broker: not committed, not acked (the device keeps it).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(courier.ack_now(), 5);
+    assert_eq!(server.metric("locus_fixes_committed_total"), 5.0);
+
+    // InfluxDB back: the outbox drains, the sixth is taken in and acked, nothing twice.
+    influxd.start_again().unwrap();
+    courier.wait_ack(6);
+    wait_for_count(&influxd, 6);
+    wait_for("acks flowing", || (server.metric("locus_acks_paused") == 0.0).then_some(()));
+}
