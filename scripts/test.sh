@@ -59,5 +59,7 @@ for t in aarch64-linux-android aarch64-apple-ios; do
   cargo check -p locus-sdk --features client --target "$t"
 done
 
+# Every test binary runs even when one fails (--no-fail-fast), so one failure never hides
+# another; the script still exits non-zero.
 step "cargo test"
-cargo test --workspace --features locus-sdk/client
+cargo test --workspace --no-fail-fast --features locus-sdk/client

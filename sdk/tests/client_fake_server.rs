@@ -4,13 +4,17 @@
 //! locusd are in `tests/tests/sdk_e2e.rs`; these check the client's own logic quickly.
 #![cfg(feature = "client")]
 
+// The one port picker of every test (outside the ephemeral range; see its module doc).
+#[path = "../../tests/src/ports.rs"]
+mod ports;
+
 use locus_sdk::client::{ClientError, Courier, CourierConfig, FixInput};
 use locus_sdk::{topics, wire};
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,7 +60,7 @@ fn ack(tx: &Mutex<LinkTx>, courier: &str, seq: u64) {
 impl FakeServer {
     /// A broker on a free port; with `auth`, only these (username, password) pairs connect.
     fn start(auth: Option<HashMap<String, String>>) -> FakeServer {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = ports::free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let connections = ConnectionSettings {
             connection_timeout_ms: 5_000,

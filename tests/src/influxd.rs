@@ -11,7 +11,6 @@
 //! task.
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,15 +35,16 @@ impl Influxd {
     pub fn start(database: &str) -> Result<Influxd> {
         let binary = find_binary()?;
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        // Free ports are found by binding port 0 and letting go; another process can take the
-        // port in between, so a failed start is retried on new ports.
+        // Ports come from `crate::free_port` (outside the ephemeral range, claimed for this
+        // process), so `start_again` finds them free; a program outside the tests could still
+        // take one, so a failed start is retried on new ports.
         let mut last_error = None;
         for _ in 0..3 {
             let mut influxd = Influxd {
                 dir: tempfile::Builder::new().prefix("locus-influxd-").tempdir()?,
                 binary: binary.clone(),
-                http_port: free_port()?,
-                rpc_port: free_port()?,
+                http_port: crate::free_port(),
+                rpc_port: crate::free_port(),
                 database: database.to_owned(),
                 child: None,
                 http: http.clone(),
@@ -251,10 +251,6 @@ impl Drop for Influxd {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn find_binary() -> Result<PathBuf> {

@@ -6,11 +6,12 @@
 //! - [`TestCourier`]: a rumqttc connection that publishes reports and waits for acks.
 //! - [`locusd`]: the path of the binary, built on first use.
 //! - [`influxd`]: a real InfluxDB 1.x server on free ports.
+//! - [`free_port`]: the one port picker (outside the ephemeral range: see [`ports`]).
 
 use anyhow::{bail, Context as _};
 use locus_sdk::{topics, wire};
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -41,10 +42,8 @@ pub fn locusd() -> &'static Path {
     })
 }
 
-/// A free TCP port on loopback (bound and released; fine for tests on one machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
+pub mod ports;
+pub use ports::free_port;
 
 pub use locus_sdk::wire::now_ms;
 

@@ -15,19 +15,11 @@
 //! - [`writer`]: one HTTP write request and what its answer means;
 //! - [`metrics`]: Prometheus metrics and `/healthz` state.
 //!
-//! Wiring in `serve` (when `[influx]` is present):
-//!
-//! ```ignore
-//! let outbox = influx::Outbox::open(store.db(), &cfg)?;
-//! // The intake pauses (acks held back) while `outbox.is_full()`.
-//! let intake = intake.with_influx_outbox(outbox.clone(), cfg.schema());
-//! let metrics = influx::InfluxMetrics::default();
-//! server_metrics.register_with(|r| metrics.register(r));
-//! let sink: influx::DeadLetterSink = Arc::new(move |letters| Ok(store.record_dead_letters(letters)?));
-//! let shipper = influx::Shipper::new(outbox, &cfg, metrics, sink)?;
-//! let health = shipper.health(); // health.snapshot() for /healthz
-//! tokio::spawn(shipper.run(async move { shutdown.cancelled().await }));
-//! ```
+//! Wiring: `serve`'s `start_influx` (in `src/serve.rs`) is the one place that puts these
+//! together — it opens the [`Outbox`], registers [`InfluxMetrics`], gives the [`Shipper`] a
+//! [`DeadLetterSink`] into the store, and spawns [`Shipper::run`]; the intake gets the outbox
+//! through `Intake::with_influx_outbox` and pauses acks while it is full. (An example copied here
+//! drifted from that code once; read the function instead.)
 
 pub mod config;
 pub mod line_protocol;
