@@ -56,13 +56,15 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// MQTT 5 listener (rumqttd serves each protocol version on its own port); none = off.
     pub listen_v5: Option<SocketAddr>,
-    /// Largest accepted MQTT payload, bytes. Larger publishes are refused by the broker.
+    /// Largest MQTT packet, bytes (payload, topic and packet fields). The broker closes the
+    /// connection of a larger PUBLISH, so `[pipeline] max_report_bytes` must fit under it with
+    /// room for the topic (checked at start).
     pub max_payload_bytes: usize,
     /// Most simultaneous client connections.
     pub max_connections: usize,
     /// Most unacknowledged QoS 1 messages in flight per connection.
     pub max_inflight: usize,
-    /// Seconds a new connection has to send CONNECT.
+    /// Milliseconds a new connection has to send CONNECT.
     pub connect_timeout_ms: u16,
 }
 
@@ -71,7 +73,7 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             listen_v5: Some(SocketAddr::from(([127, 0, 0, 1], 1884))),
-            max_payload_bytes: 64 * 1024,
+            max_payload_bytes: locus_sdk::wire::limits::DEFAULT_MAX_PACKET_BYTES,
             max_connections: 100_000,
             max_inflight: 100,
             connect_timeout_ms: 10_000,
@@ -101,9 +103,11 @@ impl Default for HttpConfig {
 pub struct PipelineConfig {
     /// Most reports committed in one sled batch (group commit). Larger = fewer flushes.
     pub max_batch_reports: usize,
-    /// Most fixes in one report; larger reports are dead-lettered.
+    /// Most fixes in one report; larger reports are dead-lettered. Every report of this many
+    /// fixes must fit in `max_report_bytes` (checked at start).
     pub max_fixes_per_report: usize,
-    /// Largest report payload, bytes; larger ones are dead-lettered.
+    /// Largest report payload, bytes; larger ones are dead-lettered (their seq is consumed, so
+    /// the device moves on). Keep the SDK's `batch.max_report_bytes` at or below it.
     pub max_report_bytes: usize,
     /// How far ahead of server time a fix's device time may be (clock skew), ms.
     pub max_future_ms: u64,
@@ -115,8 +119,8 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_batch_reports: 4096,
-            max_fixes_per_report: 1000,
-            max_report_bytes: 64 * 1024,
+            max_fixes_per_report: locus_sdk::wire::limits::DEFAULT_MAX_FIXES_PER_REPORT,
+            max_report_bytes: locus_sdk::wire::limits::DEFAULT_MAX_REPORT_BYTES,
             max_future_ms: 5 * 60 * 1000,
             max_age_ms: 7 * 24 * 3600 * 1000,
         }
@@ -221,6 +225,7 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Inconsistent(format!("{key} must be at least 1")));
         }
+        self.check_size_limits()?;
         if self.track.prune_interval_s == 0 {
             return Err(ConfigError::Inconsistent(
                 "track.prune_interval_s must be at least 1".into(),
@@ -230,6 +235,40 @@ impl Config {
             return Err(ConfigError::Inconsistent(format!(
                 "mqtt.listen and mqtt.listen_v5 are both {}; give MQTT 5 its own port",
                 self.mqtt.listen
+            )));
+        }
+        Ok(())
+    }
+
+    /// The size limits must nest, or a well-behaved device gets stuck: the broker closes the
+    /// connection of a PUBLISH over `mqtt.max_payload_bytes` (no ack, so the device resends it
+    /// forever), so every report the pipeline would take must fit under it with the longest
+    /// topic, and every report of `pipeline.max_fixes_per_report` fixes must fit in
+    /// `pipeline.max_report_bytes` (the SDK bounds reports by both).
+    fn check_size_limits(&self) -> Result<(), ConfigError> {
+        use locus_sdk::wire::limits::{max_report_bytes, MAX_PUBLISH_OVERHEAD_BYTES};
+        let (packet, report, fixes) = (
+            self.mqtt.max_payload_bytes,
+            self.pipeline.max_report_bytes,
+            self.pipeline.max_fixes_per_report,
+        );
+        if report.saturating_add(MAX_PUBLISH_OVERHEAD_BYTES) > packet {
+            return Err(ConfigError::Inconsistent(format!(
+                "pipeline.max_report_bytes ({report}) does not fit under mqtt.max_payload_bytes \
+                 ({packet}) with {MAX_PUBLISH_OVERHEAD_BYTES} bytes for the topic and packet \
+                 fields: lower pipeline.max_report_bytes to at most {} or raise \
+                 mqtt.max_payload_bytes",
+                packet.saturating_sub(MAX_PUBLISH_OVERHEAD_BYTES)
+            )));
+        }
+        if max_report_bytes(fixes) > report {
+            let fitting =
+                report.saturating_sub(max_report_bytes(0)) / locus_sdk::wire::limits::MAX_FIX_BYTES;
+            return Err(ConfigError::Inconsistent(format!(
+                "pipeline.max_fixes_per_report ({fixes}) fixes can take up to {} bytes, more than \
+                 pipeline.max_report_bytes ({report}): lower pipeline.max_fixes_per_report to at \
+                 most {fitting} or raise pipeline.max_report_bytes",
+                max_report_bytes(fixes)
             )));
         }
         Ok(())
@@ -261,6 +300,21 @@ mod tests {
     fn the_example_file_parses() {
         let text = include_str!("../locusd.example.toml");
         Config::from_toml(text).unwrap();
+    }
+
+    #[test]
+    fn size_limits_that_would_strand_a_device_are_refused_naming_the_keys() {
+        let err =
+            Config::from_toml("[pipeline]\nmax_report_bytes = 65536\n").unwrap_err().to_string();
+        assert!(
+            err.contains("pipeline.max_report_bytes") && err.contains("mqtt.max_payload_bytes"),
+            "{err}"
+        );
+        let err =
+            Config::from_toml("[pipeline]\nmax_fixes_per_report = 1000\n").unwrap_err().to_string();
+        assert!(err.contains("pipeline.max_fixes_per_report"), "{err}");
+        let raised = "[mqtt]\nmax_payload_bytes = 262144\n[pipeline]\nmax_fixes_per_report = 1000\nmax_report_bytes = 200000\n";
+        Config::from_toml(raised).unwrap();
     }
 
     #[test]

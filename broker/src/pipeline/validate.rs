@@ -111,7 +111,10 @@ pub fn decode_report(
     if payload.len() > config.max_report_bytes {
         let problem =
             ReportProblem::Oversized { size: payload.len(), limit: config.max_report_bytes };
-        return Err((problem, None));
+        // Still decode it for its seq (the broker's packet limit bounds the work), so the seq
+        // is consumed and acked: a device resending a report it cannot shrink must not be stuck.
+        let seq = wire::decode_report(payload).ok().map(|r| r.seq).filter(|&seq| seq > 0);
+        return Err((problem, seq));
     }
     let report = wire::decode_report(payload).map_err(|e| (ReportProblem::Wire(e), None))?;
     if report.seq == 0 {
@@ -200,5 +203,10 @@ mod tests {
         assert_eq!((problem.code(), seq), ("malformed", None));
         let big = vec![1u8; config.max_report_bytes + 1];
         assert_eq!(decode_report(&big, &config).unwrap_err().0.code(), "oversized");
+        // An oversized report that decodes gives up its seq, so it is consumed and acked.
+        let small = PipelineConfig { max_report_bytes: 20, ..PipelineConfig::default() };
+        let long = Report { seq: 9, fixes: vec![Fix::from_degrees(NOW, 0.0, 0.0); 3] };
+        let (problem, seq) = decode_report(&wire::encode_report(&long), &small).unwrap_err();
+        assert_eq!((problem.code(), seq), ("oversized", Some(9)));
     }
 }

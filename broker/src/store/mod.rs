@@ -383,8 +383,25 @@ mod tests {
         assert_eq!(left.iter().map(|(_, l)| l.payload[0]).collect::<Vec<_>>(), [3, 4]);
         // Ids keep increasing after a reopen.
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         store.record_dead_letters(vec![letter(9)]).unwrap();
         assert_eq!(store.dead_letters(5, 10).unwrap()[0].0, 6);
+    }
+
+    /// Opens a store just dropped in this process. sled's background IO threads can still hold
+    /// the database's file lock for a moment after the last handle is dropped (seen on a loaded
+    /// machine), so the reopen waits for it instead of failing at random.
+    fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopen: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
     }
 }

@@ -73,6 +73,11 @@ pub struct BatchConfig {
     /// once.
     #[serde(default = "defaults::batch_max_age_ms")]
     pub max_age_ms: u64,
+    /// Most encoded bytes in one report. The server dead-letters larger reports (`[pipeline]
+    /// max_report_bytes`, default the same as this), so keep this at or below the server's value:
+    /// a report is sealed when the next fix would not fit, whatever `max_fixes` says.
+    #[serde(default = "defaults::batch_max_report_bytes")]
+    pub max_report_bytes: u32,
 }
 
 /// What happens when the outbox is full.
@@ -139,6 +144,10 @@ mod defaults {
     pub fn batch_max_fixes() -> u32 {
         50
     }
+    /// The server's default `[pipeline] max_report_bytes`.
+    pub fn batch_max_report_bytes() -> u32 {
+        crate::wire::limits::DEFAULT_MAX_REPORT_BYTES as u32
+    }
     pub fn batch_max_age_ms() -> u64 {
         1_000
     }
@@ -167,6 +176,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_fixes: defaults::batch_max_fixes(),
             max_age_ms: defaults::batch_max_age_ms(),
+            max_report_bytes: defaults::batch_max_report_bytes(),
         }
     }
 }
@@ -249,7 +259,10 @@ mod tests {
         let json = r#"{"broker":"127.0.0.1:1883","courier":"c-1","data_dir":"/tmp/x"}"#;
         let parsed: CourierConfig = serde_json::from_str(json).unwrap();
         assert_eq!(parsed, CourierConfig::new("127.0.0.1:1883", "c-1", None, "/tmp/x"));
-        assert_eq!(parsed.batch, BatchConfig { max_fixes: 50, max_age_ms: 1_000 });
+        assert_eq!(
+            parsed.batch,
+            BatchConfig { max_fixes: 50, max_age_ms: 1_000, max_report_bytes: 65_321 }
+        );
         assert_eq!(parsed.outbox.when_full, WhenFull::DropOldest);
         assert!(parsed.outbox.fsync);
     }

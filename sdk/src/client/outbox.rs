@@ -78,6 +78,40 @@ pub(crate) struct SealedReport {
     bytes: u64,
 }
 
+/// How big one report may grow: at most `max_fixes` fixes and `max_bytes` encoded bytes (the
+/// server refuses larger ones, so a report past either bound would strand the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReportSize {
+    pub max_fixes: usize,
+    pub max_bytes: usize,
+}
+
+impl ReportSize {
+    /// Bounded by fix count only (tests).
+    #[cfg(test)]
+    pub fn fixes(max_fixes: usize) -> ReportSize {
+        ReportSize { max_fixes, max_bytes: usize::MAX }
+    }
+
+    /// How many of the next fixes (their encoded sizes, oldest first) go into one report, and
+    /// whether that report is full (the next fix would not fit). Always at least one fix: a
+    /// single fix is far below any byte bound the server accepts (see `wire::limits`).
+    fn take(self, sizes: impl Iterator<Item = u64>) -> (usize, bool) {
+        let mut bytes = crate::wire::limits::MAX_REPORT_OVERHEAD_BYTES;
+        let mut count = 0;
+        for size in sizes {
+            let fits = count < self.max_fixes.max(1)
+                && (count == 0 || bytes.saturating_add(size as usize) <= self.max_bytes);
+            if !fits {
+                return (count, true);
+            }
+            bytes = bytes.saturating_add(size as usize);
+            count += 1;
+        }
+        (count, count >= self.max_fixes.max(1))
+    }
+}
+
 #[derive(Debug)]
 struct PendingFix {
     fix: Fix,
@@ -318,30 +352,29 @@ impl Outbox {
         Some(oldest.queued_at.map_or_else(Instant::now, |t| t + max_age))
     }
 
-    /// Seals due pending fixes into at most `max_reports` reports of at most `max_fixes` each: a
+    /// Seals due pending fixes into at most `max_reports` reports within `size`: a
     /// full batch is due at once, a partial one when its oldest fix is `max_age` old or when
     /// `force`. Does nothing until the server's mark is known. The seals are fsynced (if so
     /// configured) before this returns: once published, a report's seq must stay its own even
     /// after a power cut.
     pub fn seal(
         &mut self,
-        max_fixes: usize,
+        size: ReportSize,
         max_age: Duration,
         max_reports: usize,
         force: bool,
         now: Instant,
     ) -> Result<usize, ClientError> {
         let Some(mark) = self.mark else { return Ok(0) };
-        let max_fixes = max_fixes.max(1);
         let mut records = Vec::new();
         let mut next = self.last_seq.max(mark);
         let mut start = 0;
         while start < self.pending.len() && records.len() < max_reports {
-            let take = max_fixes.min(self.pending.len() - start);
+            let (take, full) = size.take(self.pending.range(start..).map(|p| p.bytes));
             let oldest_due = self.pending[start]
                 .queued_at
                 .is_none_or(|t| now.saturating_duration_since(t) >= max_age);
-            if !(force || take == max_fixes || oldest_due) {
+            if !(force || full || oldest_due) {
                 break;
             }
             next += 1;
@@ -556,6 +589,23 @@ fn read_record(data: &[u8], offset: usize) -> Option<(Record, usize)> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_report_never_grows_past_its_byte_bound() {
+        // Fixes of 100 bytes each, a bound that fits three of them after the overhead.
+        let size = ReportSize {
+            max_fixes: 50,
+            max_bytes: crate::wire::limits::MAX_REPORT_OVERHEAD_BYTES + 3 * 100 + 99,
+        };
+        assert_eq!(size.take([100u64; 10].into_iter()), (3, true));
+        assert_eq!(size.take([100u64; 2].into_iter()), (2, false));
+        // The fix count bound still applies, and one fix always goes, however large.
+        assert_eq!(ReportSize::fixes(2).take([1u64; 5].into_iter()), (2, true));
+        assert_eq!(
+            ReportSize { max_fixes: 50, max_bytes: 10 }.take([500u64; 2].into_iter()),
+            (1, true)
+        );
+    }
+
     fn fix(i: u64) -> Fix {
         Fix::from_degrees(1_763_700_000_000 + i, 41.38 + i as f64 * 1e-5, 2.17)
     }
@@ -587,9 +637,17 @@ mod tests {
             for i in 0..7 {
                 outbox.push(fix(i), now).unwrap();
             }
-            assert_eq!(outbox.seal(3, AGE, 10, false, now).unwrap(), 0, "no mark yet: no seal");
+            assert_eq!(
+                outbox.seal(ReportSize::fixes(3), AGE, 10, false, now).unwrap(),
+                0,
+                "no mark yet: no seal"
+            );
             outbox.learn_mark(0).unwrap();
-            assert_eq!(outbox.seal(3, AGE, 10, false, now).unwrap(), 2, "two full batches");
+            assert_eq!(
+                outbox.seal(ReportSize::fixes(3), AGE, 10, false, now).unwrap(),
+                2,
+                "two full batches"
+            );
             assert_eq!(outbox.ack(1).unwrap(), AckOutcome { acked_fixes: 3, rebased: false });
             // Dropped without close: like a kill.
         }
@@ -599,7 +657,7 @@ mod tests {
         assert_eq!(outbox.fixes(), 4);
         assert_eq!(outbox.mark(), Some(1));
         // A reopened pending fix is old: due at once.
-        assert_eq!(outbox.seal(3, AGE, 10, false, Instant::now()).unwrap(), 1);
+        assert_eq!(outbox.seal(ReportSize::fixes(3), AGE, 10, false, Instant::now()).unwrap(), 1);
         assert_eq!(seqs(&outbox), vec![(2, vec![3, 4, 5]), (3, vec![6])]);
         // Sealed reports keep their numbers across a reopen.
         drop(outbox);
@@ -662,7 +720,7 @@ mod tests {
         assert_eq!(outbox.fixes(), 3);
         // Room again after an ack.
         outbox.learn_mark(0).unwrap();
-        outbox.seal(2, AGE, 1, false, now).unwrap();
+        outbox.seal(ReportSize::fixes(2), AGE, 1, false, now).unwrap();
         outbox.ack(1).unwrap();
         outbox.push(fix(5), now).unwrap();
         assert_eq!(outbox.fixes(), 2);
@@ -679,7 +737,7 @@ mod tests {
             for i in 0..4 {
                 outbox.push(fix(i), now).unwrap();
             }
-            outbox.seal(2, AGE, 1, false, now).unwrap(); // report 1 = [0, 1]
+            outbox.seal(ReportSize::fixes(2), AGE, 1, false, now).unwrap(); // report 1 = [0, 1]
             assert_eq!(outbox.push(fix(4), now).unwrap(), 2, "report 1 dropped whole");
             assert_eq!(outbox.push(fix(5), now).unwrap(), 0);
             assert_eq!(outbox.push(fix(6), now).unwrap(), 1, "pending fix 2 dropped");
@@ -688,7 +746,7 @@ mod tests {
         }
         let mut outbox = Outbox::open(dir.path(), cfg).unwrap();
         assert_eq!(outbox.fixes(), 4);
-        outbox.seal(10, AGE, 10, true, now).unwrap();
+        outbox.seal(ReportSize::fixes(10), AGE, 10, true, now).unwrap();
         // Numbering goes on after the dropped report: the server accepts the gap.
         assert_eq!(seqs(&outbox), vec![(2, vec![3, 4, 5, 6])]);
     }
@@ -716,18 +774,18 @@ mod tests {
             outbox.push(fix(i), t0).unwrap();
         }
         // One full batch of 4; the fifth waits for company...
-        assert_eq!(outbox.seal(4, age, 10, false, t0).unwrap(), 1);
+        assert_eq!(outbox.seal(ReportSize::fixes(4), age, 10, false, t0).unwrap(), 1);
         assert_eq!(outbox.next_seal_due(age), Some(t0 + age));
-        assert_eq!(outbox.seal(4, age, 10, false, t0 + age / 2).unwrap(), 0);
+        assert_eq!(outbox.seal(ReportSize::fixes(4), age, 10, false, t0 + age / 2).unwrap(), 0);
         // ...until it is old enough.
-        assert_eq!(outbox.seal(4, age, 10, false, t0 + age).unwrap(), 1);
+        assert_eq!(outbox.seal(ReportSize::fixes(4), age, 10, false, t0 + age).unwrap(), 1);
         assert_eq!(seqs(&outbox), vec![(1, vec![0, 1, 2, 3]), (2, vec![4])]);
         // The report limit holds; `force` (flush) does not wait for age.
         for i in 5..12 {
             outbox.push(fix(i), t0).unwrap();
         }
-        assert_eq!(outbox.seal(2, age, 2, false, t0).unwrap(), 2);
-        assert_eq!(outbox.seal(2, age, 10, true, t0).unwrap(), 2);
+        assert_eq!(outbox.seal(ReportSize::fixes(2), age, 2, false, t0).unwrap(), 2);
+        assert_eq!(outbox.seal(ReportSize::fixes(2), age, 10, true, t0).unwrap(), 2);
         assert_eq!(outbox.pending_fixes(), 0);
         let last: Vec<u64> = outbox.sealed().map(|r| r.seq).collect();
         assert_eq!(last, vec![1, 2, 3, 4, 5, 6], "in order, no gaps");
@@ -742,7 +800,7 @@ mod tests {
         // The retained ack from an earlier install.
         assert_eq!(outbox.ack(41).unwrap(), AckOutcome::default());
         outbox.learn_mark(0).unwrap(); // already known: no effect
-        outbox.seal(10, AGE, 10, true, now).unwrap();
+        outbox.seal(ReportSize::fixes(10), AGE, 10, true, now).unwrap();
         assert_eq!(seqs(&outbox), vec![(42, vec![0])]);
         // Stale and repeated acks change nothing.
         assert_eq!(outbox.ack(40).unwrap(), AckOutcome::default());
@@ -761,7 +819,7 @@ mod tests {
             for i in 0..3 {
                 outbox.push(fix(i), now).unwrap();
             }
-            outbox.seal(2, AGE, 10, true, now).unwrap();
+            outbox.seal(ReportSize::fixes(2), AGE, 10, true, now).unwrap();
             assert_eq!(seqs(&outbox), vec![(1, vec![0, 1]), (2, vec![2])]);
             // The server had 100 from an earlier install: our reports were duplicates to it.
             assert_eq!(outbox.ack(100).unwrap(), AckOutcome { acked_fixes: 0, rebased: true });
@@ -787,7 +845,7 @@ mod tests {
                 outbox.push(fix(i), now).unwrap();
                 i += 1;
             }
-            outbox.seal(4, AGE, 10, true, now).unwrap();
+            outbox.seal(ReportSize::fixes(4), AGE, 10, true, now).unwrap();
             let last = outbox.sealed().last().map(|r| r.seq).unwrap();
             // Ack all but the last report.
             outbox.ack(last - 1).unwrap();

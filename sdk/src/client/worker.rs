@@ -19,6 +19,7 @@
 //! restarts.
 
 use super::config::CourierConfig;
+use super::outbox::ReportSize;
 use super::Shared;
 use crate::topics;
 use crate::wire::{self, Report};
@@ -243,7 +244,10 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
     }
 
     let window = usize::from(config.max_inflight_reports.max(1));
-    let max_fixes = config.batch.max_fixes.max(1) as usize;
+    let report_size = ReportSize {
+        max_fixes: config.batch.max_fixes.max(1) as usize,
+        max_bytes: config.batch.max_report_bytes as usize,
+    };
     let max_age = Duration::from_millis(config.batch.max_age_ms);
     let ack_timeout = Duration::from_millis(config.ack_timeout_ms.max(1));
     // A fresh outbox waits for the retained ack before numbering anything.
@@ -276,7 +280,7 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
                 if room > unsent {
                     let force = shared.flush_requested();
                     outbox
-                        .seal(max_fixes, max_age, room - unsent, force, now)
+                        .seal(report_size, max_age, room - unsent, force, now)
                         .map_err(|e| e.to_string())?;
                 }
                 let to_send: Vec<Report> = outbox

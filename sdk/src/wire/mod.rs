@@ -9,6 +9,7 @@
 //! beside this crate lists test vectors (hex ⇄ JSON) that `tests/wire_vectors.rs` checks.
 
 pub mod json;
+pub mod limits;
 
 use alloc::string::String;
 use alloc::vec::Vec;
