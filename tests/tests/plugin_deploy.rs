@@ -110,7 +110,7 @@ fn hot_deploy_tags_every_fix_after_the_swap_exactly_once() {
 }
 
 #[test]
-fn a_hostile_plugin_costs_its_batch_not_the_server() {
+fn a_hostile_plugin_costs_its_batch_not_the_server_and_the_sandbox_grants_nothing() {
     let server = LocusServer::start_anonymous();
     let (status, body) = deploy(
         &server,
@@ -143,6 +143,18 @@ fn a_hostile_plugin_costs_its_batch_not_the_server() {
     });
     assert!(info["stats"]["last_error"].is_object() || info["stats"]["errors"].as_u64() >= Some(2));
     assert!(server.metric("locus_dead_letters_total{reason=\"plugin_failed\"}") >= 2.0);
+
+    // A guest that reaches for the clock, the environment, the file system and the network gets
+    // nothing (no grants were given), and the server goes on.
+    let mut probe = TestCourier::connect(server.mqtt, "probe", None).unwrap();
+    probe.publish(&report(1, now, 41.0, 2.0));
+    probe.wait_ack(1);
+    let seen = server.get_ok("/v1/couriers/probe/location")["attributes"].clone();
+    assert_eq!(seen["clock"], "0", "no wall clock without the grant: {seen}");
+    assert_eq!(seen["env"], "0", "no environment: {seen}");
+    for denied in ["files", "network"] {
+        assert!(seen[denied].as_str().is_some_and(|v| v.starts_with("error")), "{denied}: {seen}");
+    }
 
     // Still serving, and a well-behaved courier's fixes pass through a fresh instance.
     let mut fine = TestCourier::connect(server.mqtt, "fine", None).unwrap();

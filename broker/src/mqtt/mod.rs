@@ -19,8 +19,9 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-/// Client id of the pipeline's local link.
-const PIPELINE_CLIENT_ID: &str = "locusd-pipeline";
+pub mod policy;
+
+pub use policy::PIPELINE_CLIENT_ID;
 
 /// The broker could not start.
 #[derive(Debug, thiserror::Error)]
