@@ -167,7 +167,7 @@ impl LocusServer {
     }
 
     /// Runs `locusd token ARGS --data-dir DIR` and returns the token (last line of stdout).
-    fn token_command(&self, args: &[&str]) -> String {
+    pub fn token_command(&self, args: &[&str]) -> String {
         let output = Command::new(locusd())
             .arg("token")
             .args(args)

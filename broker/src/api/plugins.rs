@@ -6,8 +6,8 @@ use crate::plugins::{PluginError, PluginInfo, PluginSettings};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Json;
 use std::fmt::Write as _;
 
 /// Header carrying a deploy's settings as JSON (position, config, failure_policy, limits,
@@ -17,14 +17,10 @@ pub const SETTINGS_HEADER: &str = "locus-plugin-settings";
 /// Largest component accepted by `PUT /v1/plugins/{name}`.
 const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/plugins", get(list))
-        .route(
-            "/v1/plugins/{name}",
-            get(show).put(deploy).delete(remove).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
-        )
-        .route("/v1/plugins/{name}/rollback", post(rollback))
+/// `PUT /v1/plugins/{name}`: the deploy handler, with a body limit that fits components (the
+/// route table in [`super::access`] registers it).
+pub(super) fn deploy_route(filter: MethodFilter) -> MethodRouter<ApiState> {
+    on(filter, deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES))
 }
 
 impl From<PluginError> for ApiError {
@@ -47,11 +43,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
+pub(super) async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "plugins": state.plugins.list() }))
 }
 
-async fn show(
+pub(super) async fn show(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginInfo>, ApiError> {
@@ -88,7 +84,7 @@ async fn deploy(
     Ok(Json(info))
 }
 
-async fn remove(
+pub(super) async fn remove(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -97,7 +93,7 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn rollback(
+pub(super) async fn rollback(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginInfo>, ApiError> {

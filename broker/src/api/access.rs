@@ -1,0 +1,221 @@
+//! Who may use which route: the route table and the one middleware that enforces it.
+//!
+//! Enters: a routed request and its `Authorization: Bearer TOKEN` header. Leaves: the request,
+//! passed on to its handler, or an answer: **401** (with `WWW-Authenticate: Bearer`) without a
+//! token or with an invalid, expired or revoked one; **403** with a valid token whose scope may
+//! not use the route, naming the scopes that may. With `--allow-anonymous` every route is open.
+//!
+//! [`ROUTES`] is the only list of routes: [`super::router`] registers exactly these rows, and
+//! the end-to-end test walks the same list, so a route cannot exist without a row saying who
+//! may use it. Routes another part merges in through `extra_v1` (none today) are not in it and
+//! are admin-only.
+
+use super::plugins;
+use super::ApiState;
+use crate::auth::{AuthError, Claims, Role};
+use axum::extract::{FromRequestParts as _, MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Json;
+
+/// One route: method, path (axum syntax), who may use it, and its handler.
+#[allow(missing_debug_implementations)] // holds a handler constructor
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{param}` segments as axum writes them.
+    pub path: &'static str,
+    /// Who may use it.
+    pub access: Access,
+    handler: fn(MethodFilter) -> MethodRouter<ApiState>,
+}
+
+impl Route {
+    pub(super) fn method_router(&self) -> MethodRouter<ApiState> {
+        let filter = MethodFilter::try_from(self.method.clone())
+            .unwrap_or_else(|_| panic!("route table: unsupported method {}", self.method));
+        (self.handler)(filter)
+    }
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, with or without a token (load balancers' probes, Prometheus scrapers).
+    Open,
+    /// A valid token with one of these grants.
+    Token(&'static [Grant]),
+}
+
+/// One way a token may be allowed on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Any token of this role.
+    Role(Role),
+    /// An order token whose subject is the route's `{id}`: one order sees only itself.
+    OrderInPath,
+}
+
+impl Grant {
+    fn allows(self, claims: &Claims, id_in_path: Option<&str>) -> bool {
+        match self {
+            Grant::Role(role) => claims.role == role,
+            Grant::OrderInPath => {
+                claims.role == Role::Order && id_in_path == Some(claims.subject.as_str())
+            }
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Grant::Role(role) => role.as_str().to_owned(),
+            Grant::OrderInPath => "order (for this order)".to_owned(),
+        }
+    }
+}
+
+use Grant::{OrderInPath, Role as R};
+
+const ADMIN: Access = Access::Token(&[R(Role::Admin)]);
+const READ: Access = Access::Token(&[R(Role::Admin), R(Role::Reader)]);
+/// Merchants read orders too: there is no order → merchant link yet to narrow it to their own.
+const ORDER_READ: Access =
+    Access::Token(&[R(Role::Admin), R(Role::Reader), R(Role::Merchant), OrderInPath]);
+// Courier tokens are for MQTT: no route grants `courier`.
+
+/// Every route of the API and who may use it (also the README's HTTP API table).
+#[rustfmt::skip] // one row per route reads as a table
+pub static ROUTES: &[Route] = &[
+    // Open: probes and scrapers carry no token.
+    Route { method: Method::GET, path: "/healthz", access: Access::Open, handler: |m| on(m, super::healthz) },
+    Route { method: Method::GET, path: "/metrics", access: Access::Open, handler: |m| on(m, super::metrics) },
+    // Locations and tracks: readers.
+    Route { method: Method::GET, path: "/v1/couriers/{id}/location", access: READ, handler: |m| on(m, super::courier_location) },
+    Route { method: Method::GET, path: "/v1/couriers/{id}/track", access: READ, handler: |m| on(m, super::courier_track) },
+    // Orders: readers, merchants, and the order's own token.
+    Route { method: Method::GET, path: "/v1/orders/{id}/location", access: ORDER_READ, handler: |m| on(m, super::order_location) },
+    // Operations: admin.
+    Route { method: Method::GET, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters) },
+    Route { method: Method::GET, path: "/v1/plugins", access: ADMIN, handler: |m| on(m, plugins::list) },
+    Route { method: Method::GET, path: "/v1/plugins/{name}", access: ADMIN, handler: |m| on(m, plugins::show) },
+    Route { method: Method::PUT, path: "/v1/plugins/{name}", access: ADMIN, handler: plugins::deploy_route },
+    Route { method: Method::DELETE, path: "/v1/plugins/{name}", access: ADMIN, handler: |m| on(m, plugins::remove) },
+    Route { method: Method::POST, path: "/v1/plugins/{name}/rollback", access: ADMIN, handler: |m| on(m, plugins::rollback) },
+];
+
+/// Who may use the route `method path` (a path as in [`ROUTES`]); admin-only for anything not
+/// in the table. HEAD is served by GET routes, so it is allowed like GET.
+pub fn access_of(method: &Method, path: &str) -> Access {
+    let method = if method == Method::HEAD { &Method::GET } else { method };
+    ROUTES
+        .iter()
+        .find(|route| route.path == path && route.method == method)
+        .map_or(ADMIN, |route| route.access)
+}
+
+/// The middleware: checks the request's token against its route's row.
+pub(super) async fn authorize(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = &state.auth else {
+        return next.run(request).await;
+    };
+    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let grants = match access_of(request.method(), path.as_deref().unwrap_or("")) {
+        Access::Open => return next.run(request).await,
+        Access::Token(grants) => grants,
+    };
+    let Some(token) = bearer_token(&request) else {
+        return unauthorized("missing Authorization: Bearer TOKEN", None);
+    };
+    let claims = match auth.authenticate(token) {
+        Ok(claims) => claims,
+        Err(e @ (AuthError::Invalid | AuthError::Expired { .. } | AuthError::Revoked(_))) => {
+            return unauthorized(&e.to_string(), Some("invalid_token"));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check an API token");
+            return super::ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                .into_response();
+        }
+    };
+    let (mut parts, body) = request.into_parts();
+    let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+    let id_in_path = params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == "id")).map(|(_, v)| v);
+    if grants.iter().any(|grant| grant.allows(&claims, id_in_path)) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    forbidden(grants, &claims)
+}
+
+fn bearer_token(request: &Request) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn unauthorized(message: &str, error: Option<&str>) -> Response {
+    // RFC 6750: the challenge names the scheme, and the kind of error when a token was sent.
+    let challenge = match error {
+        Some(error) => format!("Bearer realm=\"locus\", error=\"{error}\""),
+        None => "Bearer realm=\"locus\"".to_owned(),
+    };
+    let challenge =
+        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+fn forbidden(grants: &[Grant], claims: &Claims) -> Response {
+    let needed: Vec<String> = grants.iter().map(|g| g.describe()).collect();
+    let message = format!(
+        "this route needs a token with scope {}; this token's scope is {} ({})",
+        needed.join(" or "),
+        claims.role,
+        claims.subject
+    );
+    let scope: Vec<&str> = grants
+        .iter()
+        .map(|g| match g {
+            Grant::Role(role) => role.as_str(),
+            Grant::OrderInPath => Role::Order.as_str(),
+        })
+        .collect();
+    let challenge = format!("Bearer realm=\"locus\", error=\"insufficient_scope\", scope=\"{}\"", scope.join(" "));
+    let challenge =
+        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+    (
+        StatusCode::FORBIDDEN,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_listed_once_and_courier_tokens_get_no_route() {
+        let mut seen = std::collections::HashSet::new();
+        for route in ROUTES {
+            assert!(seen.insert((route.method.clone(), route.path)), "{} {} twice", route.method, route.path);
+            if let Access::Token(grants) = route.access {
+                assert!(!grants.contains(&R(Role::Courier)), "{} {}", route.method, route.path);
+                assert!(grants.contains(&R(Role::Admin)), "admin may use everything: {}", route.path);
+            }
+        }
+        assert_eq!(access_of(&Method::GET, "/not/listed"), ADMIN);
+        assert_eq!(access_of(&Method::HEAD, "/healthz"), Access::Open);
+    }
+}
