@@ -26,7 +26,13 @@ use segments::Storage;
 pub use server::{Broker, LinkType, Server};
 
 pub use self::router::shared_subs::Strategy;
+// locus patch: hooks for the embedding application (see PATCHES.md).
+pub use hooks::{
+    AclAction, AclHandler, ClientIdentity, ConnectionEvent, ConnectionEventHandler,
+    DisconnectReason, ListenerEvent, ListenerEventHandler, PublishRate,
+};
 
+mod hooks;
 mod link;
 pub mod protocol;
 mod router;
@@ -116,9 +122,26 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
+    /// locus patch: at most this many new connections per second on this listener (burst of
+    /// the same size). Excess connections get CONNACK "server unavailable" (3.1.1) /
+    /// "connection rate exceeded" (5) and are closed. `None`: no limit.
+    #[serde(default)]
+    pub max_connection_rate: Option<u32>,
+    /// locus patch: receives this listener's [`ListenerEvent`]s.
+    #[serde(skip)]
+    pub listener_event_handler: Option<ListenerEventHandler>,
 }
 
 impl ServerSettings {
+    /// locus patch: sets the handler of this listener's [`ListenerEvent`]s. It runs on the
+    /// accept loop: it must be fast and must not block.
+    pub fn set_listener_event_handler<F>(&mut self, f: F)
+    where
+        F: Fn(&ListenerEvent) + Send + Sync + 'static,
+    {
+        self.listener_event_handler = Some(ListenerEventHandler(Arc::new(f)));
+    }
+
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
         F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
@@ -152,6 +175,19 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// locus patch: topic ACL checked for every publish, subscribe filter and will of a
+    /// remote connection (see [`ConnectionSettings::set_acl_handler`]). `None`: all allowed.
+    #[serde(skip)]
+    pub acl_handler: Option<AclHandler>,
+    /// locus patch: receives [`ConnectionEvent`]s (see
+    /// [`ConnectionSettings::set_event_handler`]).
+    #[serde(skip)]
+    pub event_handler: Option<ConnectionEventHandler>,
+    /// locus patch: per-connection publish rate. A connection over it is throttled (its
+    /// network reads pause, so TCP back-pressure slows that one client), not disconnected.
+    /// `None`: no limit.
+    #[serde(default)]
+    pub max_publish_rate: Option<PublishRate>,
 }
 
 impl ConnectionSettings {
@@ -166,6 +202,29 @@ impl ConnectionSettings {
             Box::pin(auth)
         }));
     }
+
+    /// locus patch: sets the topic ACL handler, asked for every PUBLISH, every SUBSCRIBE
+    /// filter and the will of each remote connection (see [`AclAction`] for what a denial
+    /// does). Local links (`Broker::link`) are not checked.
+    ///
+    /// The handler runs synchronously on the router thread (wills: on the connection's task):
+    /// every client waits while it runs, so it must be fast and must never block.
+    pub fn set_acl_handler<F>(&mut self, f: F)
+    where
+        F: Fn(&ClientIdentity, &AclAction<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.acl_handler = Some(Arc::new(f));
+    }
+
+    /// locus patch: sets the handler of [`ConnectionEvent`]s (connected, disconnected, packet
+    /// too large, publish throttled). It runs synchronously on the connection's task: it must
+    /// be fast and must never block.
+    pub fn set_event_handler<F>(&mut self, f: F)
+    where
+        F: Fn(&ClientIdentity, ConnectionEvent) + Send + Sync + 'static,
+    {
+        self.event_handler = Some(Arc::new(f));
+    }
 }
 
 impl fmt::Debug for ConnectionSettings {
@@ -177,6 +236,9 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("acl_handler", &self.acl_handler.is_some())
+            .field("event_handler", &self.event_handler.is_some())
+            .field("max_publish_rate", &self.max_publish_rate)
             .finish()
     }
 }

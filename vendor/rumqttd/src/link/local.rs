@@ -1,3 +1,4 @@
+use crate::hooks::ConnectionAcl;
 use crate::protocol::{
     Filter, LastWill, LastWillProperties, Packet, Publish, QoS, RetainForwardRule, Subscribe,
     Unsubscribe,
@@ -49,6 +50,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // locus patch: None by default (local links are trusted)
+    acl: Option<ConnectionAcl>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +65,14 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            acl: None,
         }
+    }
+
+    /// locus patch: identity and ACL handler the router checks this link's actions against
+    pub(crate) fn acl(mut self, acl: Option<ConnectionAcl>) -> Self {
+        self.acl = acl;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -110,7 +120,8 @@ impl<'a> LinkBuilder<'a> {
 
         connection
             .last_will(self.last_will, self.last_will_properties)
-            .topic_alias_max(self.topic_alias_max);
+            .topic_alias_max(self.topic_alias_max)
+            .acl(self.acl);
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

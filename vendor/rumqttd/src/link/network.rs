@@ -126,8 +126,23 @@ impl<P: Protocol> Network<P> {
                     }
                 }
                 Err(protocol::Error::InsufficientBytes(_)) => return Ok(packets.len()),
-                Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.to_string()).into()),
+                // locus patch: keep the protocol error (not a string in an io::Error) so the
+                // link can tell a packet that is too large from other errors
+                Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// locus patch: the next complete packet already read from the socket, if any, without
+    /// waiting for the network (used to read no more publishes than a rate allows)
+    pub fn try_read(&mut self) -> Result<Option<Packet>, Error> {
+        match self
+            .protocol
+            .read_mut(&mut self.read, self.max_incoming_size)
+        {
+            Ok(packet) => Ok(Some(packet)),
+            Err(protocol::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -1,3 +1,4 @@
+use crate::hooks::{ConnectionAcl, ConnectionEvent, EventSink, PublishRate, TokenBucket};
 use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::time::error::Elapsed;
 use tokio::{select, time};
-use tracing::{trace, Span};
+use tracing::{debug, info, trace, Span};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +59,15 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// locus patch: where this connection's events go
+    events: EventSink,
+    /// locus patch: `max_publish_rate`, if set
+    publish_limit: Option<TokenBucket>,
+    /// locus patch: in a throttled spell (PublishThrottled already reported)
+    throttled: bool,
+    /// locus patch: the client sent DISCONNECT (tells a normal disconnect from the router
+    /// closing the connection)
+    pub(crate) client_sent_disconnect: bool,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -68,6 +78,9 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<ConnectionAcl>,
+        events: EventSink,
+        max_publish_rate: Option<PublishRate>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -100,6 +113,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .acl(acl)
             .build()?;
 
         let id = link_rx.id();
@@ -122,27 +136,61 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            events,
+            publish_limit: max_publish_rate.map(|rate| {
+                TokenBucket::new(rate.per_second, rate.burst, std::time::Instant::now())
+            }),
+            throttled: false,
+            client_sent_disconnect: false,
         })
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
 
+        // locus patch: while a connection is over its publish rate, its network reads pause
+        // until this instant, so TCP back-pressure slows that one client.
+        let mut paused_until: Option<time::Instant> = None;
+
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
             select! {
-                o = self.network.read() => {
+                o = self.network.read(), if paused_until.is_none() => {
                     let packet = o?;
-                    let len = {
+                    let (len, publishes) = {
                         let mut buffer = self.link_tx.buffer();
+                        // the router may not have taken earlier packets yet: count only new ones
+                        let before = buffer.len();
                         buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
-                        buffer.len()
+                        let read = match &mut self.publish_limit {
+                            None => self.network.readv(&mut buffer).map(drop),
+                            // locus patch: under a publish rate, read no more publishes than
+                            // the bucket holds (at least the one already read), so a burst
+                            // buffered in the socket is not let through at once
+                            Some(bucket) => {
+                                let allowance = bucket.available(std::time::Instant::now()).max(1);
+                                read_within(&mut self.network, &mut buffer, allowance)
+                            }
+                        };
+                        let mut publishes = 0;
+                        for packet in buffer.iter().skip(before) {
+                            match packet {
+                                Packet::Publish(..) => publishes += 1,
+                                Packet::Disconnect(..) => self.client_sent_disconnect = true,
+                                _ => {}
+                            }
+                        }
+                        read?;
+                        (buffer.len(), publishes)
                     };
 
                     trace!("Packets read from network, count = {}", len);
                     self.link_tx.notify().await?;
+                    paused_until = self.throttle(publishes);
+                }
+                _ = time::sleep_until(paused_until.unwrap_or_else(time::Instant::now)), if paused_until.is_some() => {
+                    paused_until = None;
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request
@@ -164,6 +212,56 @@ impl<P: Protocol> RemoteLink<P> {
                         self.link_rx.wake().await?;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// locus patch: moves packets already read from the socket into `buffer` until it holds
+/// `max_publishes` publishes (counting those already in it from this read) or 100 packets.
+fn read_within<P: Protocol>(
+    network: &mut Network<P>,
+    buffer: &mut VecDeque<Packet>,
+    max_publishes: usize,
+) -> Result<(), network::Error> {
+    let mut publishes = buffer
+        .back()
+        .map_or(0, |p| usize::from(matches!(p, Packet::Publish(..))));
+    let mut packets = 1;
+    while publishes < max_publishes && packets < 100 {
+        let Some(packet) = network.try_read()? else {
+            break;
+        };
+        publishes += usize::from(matches!(packet, Packet::Publish(..)));
+        packets += 1;
+        buffer.push_back(packet);
+    }
+    Ok(())
+}
+
+impl<P> RemoteLink<P> {
+    /// locus patch: takes `publishes` tokens of the publish-rate bucket and returns until when
+    /// reads must pause, reporting PublishThrottled once per throttled spell.
+    fn throttle(&mut self, publishes: usize) -> Option<time::Instant> {
+        let bucket = self.publish_limit.as_mut()?;
+        if publishes == 0 {
+            return None;
+        }
+        match bucket.take(publishes, std::time::Instant::now()) {
+            Some(wait) => {
+                if !self.throttled {
+                    self.throttled = true;
+                    info!(?wait, "publish rate exceeded, throttling this connection");
+                    self.events.emit(ConnectionEvent::PublishThrottled);
+                }
+                Some(time::Instant::now() + wait)
+            }
+            None => {
+                if self.throttled {
+                    debug!("publish rate back under the limit");
+                }
+                self.throttled = false;
+                None
             }
         }
     }
@@ -283,6 +381,9 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            acl_handler: None,
+            event_handler: None,
+            max_publish_rate: None,
         }
     }
 

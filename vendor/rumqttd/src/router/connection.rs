@@ -1,5 +1,6 @@
 use slab::Slab;
 
+use crate::hooks::ConnectionAcl;
 use crate::protocol::LastWillProperties;
 use crate::Filter;
 use crate::{protocol::LastWill, Topic};
@@ -33,6 +34,9 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// locus patch: identity and ACL handler of a remote connection; `None` (local links,
+    /// no handler configured): everything is allowed
+    pub(crate) acl: Option<ConnectionAcl>,
 }
 
 impl Connection {
@@ -66,7 +70,14 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            acl: None,
         }
+    }
+
+    /// locus patch: checks this connection's actions against `acl`
+    pub(crate) fn acl(&mut self, acl: Option<ConnectionAcl>) -> &mut Connection {
+        self.acl = acl;
+        self
     }
 
     pub fn topic_alias_max(&mut self, max: u16) -> &mut Connection {

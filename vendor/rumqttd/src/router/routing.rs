@@ -4,6 +4,7 @@ use crate::protocol::{
     PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS, SubAck,
     SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
+use crate::hooks::AclAction;
 use crate::router::alertlog::alert;
 use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
@@ -272,7 +273,8 @@ impl Router {
     ) {
         let client_id = outgoing.client_id.clone();
         if let Err(err) = validate_clientid(&client_id) {
-            error!("Invalid client_id: {}", err);
+            // locus patch: a client's mistake, not an operator's
+            info!("Invalid client_id: {}", err);
             return;
         };
 
@@ -285,7 +287,8 @@ impl Router {
 
             let connection_id = self.connection_map.get(&client_id);
             if let Some(connection_id) = connection_id {
-                error!(
+                // locus patch: a device reconnecting before its old connection timed out
+                info!(
                     "Duplicate client_id, dropping previous connection with connection_id: {}",
                     connection_id
                 );
@@ -413,7 +416,9 @@ impl Router {
         let client_id = match &self.obufs.get(id) {
             Some(v) => v.client_id.clone(),
             None => {
-                error!("no-connection id {} is already gone", id);
+                // locus patch: normal when a client's DISCONNECT and the close of its network
+                // connection both reach the router: debug, not error
+                debug!("no-connection id {} is already gone", id);
                 return;
             }
         };
@@ -433,7 +438,7 @@ impl Router {
             let outgoing = match self.obufs.get_mut(id) {
                 Some(v) => v,
                 None => {
-                    error!("no-connection id {} is already gone", id);
+                    debug!("no-connection id {} is already gone", id);
                     return;
                 }
             };
@@ -536,7 +541,7 @@ impl Router {
         let incoming = match self.ibufs.get_mut(id) {
             Some(v) => v,
             None => {
-                error!("no-connection id {} is already gone", id);
+                debug!("no-connection id {} is already gone", id);
                 return;
             }
         };
@@ -563,6 +568,17 @@ impl Router {
 
                     let qos = publish.qos;
                     let pkid = publish.pkid;
+
+                    // locus patch: topic ACL, checked before the publish is acknowledged or
+                    // stored, so a denied publish is never reported as delivered.
+                    if let Some(reason) =
+                        publish_denied(&self.connections[id], &publish, properties.as_ref())
+                    {
+                        self.router_meters.failed_publishes += 1;
+                        disconnect = true;
+                        disconnect_reason = Some(reason);
+                        break;
+                    }
 
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
@@ -663,6 +679,16 @@ impl Router {
 
                             disconnect = true;
                             break;
+                        }
+
+                        // locus patch: topic ACL; a denied filter gets 0x80 (Failure, valid in
+                        // MQTT 3.1.1 and 5) and the other filters are handled as usual.
+                        if let Some(acl) = &connection.acl {
+                            if !acl.allows(&AclAction::Subscribe { filter: &f.path }) {
+                                info!(filter = f.path, "subscription denied by ACL");
+                                return_codes.push(SubscribeReasonCode::Failure);
+                                continue;
+                            }
                         }
 
                         let mut filter = f.path.clone();
@@ -1330,6 +1356,47 @@ fn append_will_message(
     }
 
     Ok(o)
+}
+
+/// locus patch: asks the connection's ACL handler about a PUBLISH. Returns the reason to
+/// disconnect with when it is denied, `None` when it is allowed (or there is no ACL: local
+/// links, no handler). The topic is resolved through the client's topic aliases without
+/// changing them; a topic that cannot be resolved (unknown alias, not UTF-8) is refused here
+/// rather than let through unchecked.
+fn publish_denied(
+    connection: &Connection,
+    publish: &Publish,
+    properties: Option<&PublishProperties>,
+) -> Option<DisconnectReasonCode> {
+    let acl = connection.acl.as_ref()?;
+    let alias = properties.and_then(|p| p.topic_alias);
+    let topic = match (publish.topic.is_empty(), alias) {
+        (true, Some(alias)) => match connection.topic_aliases.get(&alias) {
+            Some(topic) => topic.as_str(),
+            None => {
+                info!(alias, "publish with an unknown topic alias refused");
+                return Some(DisconnectReasonCode::ProtocolError);
+            }
+        },
+        _ => match std::str::from_utf8(&publish.topic) {
+            Ok(topic) => topic,
+            Err(_) => {
+                info!("publish with a topic that is not UTF-8 refused");
+                return Some(DisconnectReasonCode::TopicNameInvalid);
+            }
+        },
+    };
+    let action = AclAction::Publish {
+        topic,
+        qos: publish.qos as u8,
+        retain: publish.retain,
+    };
+    if acl.allows(&action) {
+        None
+    } else {
+        info!(topic, "publish denied by ACL, disconnecting");
+        Some(DisconnectReasonCode::NotAuthorized)
+    }
 }
 
 fn validate_and_set_topic_alias(

@@ -1,3 +1,7 @@
+use crate::hooks::{
+    AclAction, ClientIdentity, ConnectionAcl, ConnectionEvent, DisconnectReason, EventSink,
+    ListenerEvent, TokenBucket,
+};
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
 use crate::link::network::{self, Network, N};
@@ -6,7 +10,7 @@ use crate::link::{bridge, timer};
 use crate::local::LinkBuilder;
 use crate::protocol::v4::V4;
 use crate::protocol::v5::V5;
-use crate::protocol::{Packet, Protocol};
+use crate::protocol::{self, ConnAck, ConnectReturnCode, Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
 use crate::{meters, ConnectionSettings, Meter};
@@ -14,7 +18,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -390,6 +394,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             listen_addr = self.config.listen.to_string(),
             "Listening for remote connections",
         );
+        // locus patch: `max_connection_rate` (burst of the same size)
+        let mut connection_rate = self
+            .config
+            .max_connection_rate
+            .map(|rate| TokenBucket::new(rate, rate, std::time::Instant::now()));
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
@@ -399,6 +408,34 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+
+            // locus patch: over the connection rate, answer the CONNECT with a refusal on a
+            // task of its own (never blocking this loop) instead of letting the client time out.
+            if let Some(bucket) = &mut connection_rate {
+                if !bucket.try_take_one(std::time::Instant::now()) {
+                    debug!(name = ?self.config.name, ?addr, "connection rate exceeded, refusing");
+                    if let Some(handler) = &self.config.listener_event_handler {
+                        (handler.0)(&ListenerEvent::ConnectionRateExceeded {
+                            listener: self.config.name.clone(),
+                            peer: addr,
+                        });
+                    }
+                    #[cfg(feature = "websocket")]
+                    let websocket = matches!(link_type, LinkType::Websocket);
+                    #[cfg(not(feature = "websocket"))]
+                    let websocket = false;
+                    // Websocket listeners: closed without a CONNACK.
+                    if !websocket {
+                        task::spawn(refuse_connection(
+                            stream,
+                            self.config.tls.clone(),
+                            self.protocol.clone(),
+                            config.clone(),
+                        ));
+                    }
+                    continue;
+                }
+            }
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
@@ -484,6 +521,51 @@ impl Callback for WSCallback {
     }
 }
 
+/// locus patch: how long a connection refused for the connection rate has to send its CONNECT
+/// before it is closed without an answer.
+const REFUSED_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// locus patch: reads the CONNECT of a connection refused for the connection rate and answers
+/// CONNACK "connection rate exceeded" (MQTT 5 reason 0x9F; MQTT 3.1.1 has no such code and
+/// gets 3, "server unavailable"), then closes it.
+async fn refuse_connection<P: Protocol>(
+    stream: TcpStream,
+    tls: Option<crate::TlsConfig>,
+    protocol: P,
+    config: Arc<ConnectionSettings>,
+) {
+    let stream: Box<dyn N> = match tls {
+        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+        Some(tls) => {
+            let handshake = async { TLSAcceptor::new(&tls)?.accept(stream).await };
+            match time::timeout(REFUSED_CONNECT_TIMEOUT, handshake).await {
+                Ok(Ok((_tenant, stream))) => stream,
+                Ok(Err(e)) => {
+                    debug!(error = ?e, "refused connection failed its TLS handshake");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        _ => Box::new(stream),
+    };
+    let mut network = Network::new(stream, config.max_payload_size, 1, protocol);
+    match time::timeout(REFUSED_CONNECT_TIMEOUT, network.read()).await {
+        Ok(Ok(Packet::Connect(..))) => {
+            let ack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ConnectionRateExceeded,
+            };
+            if let Err(e) = network.write(Packet::ConnAck(ack, None)).await {
+                debug!(error = ?e, "could not answer a connection refused for the rate");
+            }
+        }
+        Ok(Ok(packet)) => debug!(?packet, "refused connection sent no CONNECT"),
+        Ok(Err(e)) => debug!(error = ?e, "refused connection failed before CONNECT"),
+        Err(_) => debug!("refused connection sent no CONNECT in time"),
+    }
+}
+
 /// A new network connection should wait for a mqtt connect packet. This should be handled
 /// asynchronously to avoid blocking other new connections while this connection is
 /// waiting for mqtt connect packet. Also this honours connection wait time as per config to prevent
@@ -506,18 +588,23 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
+    let connect_packet = match mqtt_connect(config.clone(), &mut network).await {
         Ok(p) => p,
         Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
+            // locus patch: a client's failed CONNECT (bad credentials, timeout, bad packet)
+            // is not something an operator acts on: info, not error
+            info!(error=?e, "Error while handling MQTT connect packet");
             return;
         }
     };
 
-    let (mut client_id, clean_session) = match &connect_packet {
-        Packet::Connect(ref connect, _, _, _, _) => {
-            (connect.client_id.clone(), connect.clean_session)
-        }
+    let (mut client_id, clean_session, username, will) = match &connect_packet {
+        Packet::Connect(ref connect, _, will, _, login) => (
+            connect.client_id.clone(),
+            connect.clean_session,
+            login.as_ref().map(|login| login.username.clone()),
+            will.clone(),
+        ),
         _ => unreachable!(),
     };
 
@@ -533,6 +620,41 @@ async fn remote<P: Protocol>(
         // this is to make sure we are consistent,
         // as Connection uses this format of client_id
         client_id = format!("{tenant_id}.{client_id}");
+    }
+
+    // locus patch: the identity the ACL and event handlers see
+    let identity = ClientIdentity {
+        client_id: client_id.clone(),
+        username,
+    };
+    let acl = config.acl_handler.clone().map(|handler| ConnectionAcl {
+        identity: identity.clone(),
+        handler,
+    });
+    let events = EventSink {
+        identity,
+        handler: config.event_handler.clone(),
+    };
+
+    // locus patch: a will the ACL denies refuses the connection (CONNACK not authorized), so
+    // the client never believes a will is in place that would not be published.
+    if let (Some(acl), Some(will)) = (&acl, &will) {
+        let allowed = match std::str::from_utf8(&will.topic) {
+            Ok(topic) => acl.allows(&AclAction::Will {
+                topic,
+                retain: will.retain,
+            }),
+            Err(_) => false,
+        };
+        if !allowed {
+            info!(client_id, topic = ?will.topic, "will denied by ACL, refusing the connection");
+            let ack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::NotAuthorized,
+            };
+            network.write(Packet::ConnAck(ack, None)).await.ok();
+            return;
+        }
     }
 
     if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
@@ -558,40 +680,82 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        acl,
+        events.clone(),
+        config.max_publish_rate,
     )
     .await
     {
         Ok(l) => l,
         Err(e) => {
-            error!(error=?e, "Remote link error");
+            warn!(error=?e, "Remote link error");
             return;
         }
     };
+    events.emit(ConnectionEvent::Connected);
 
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
 
-    match link.start().await {
+    // locus patch: a client going away (DISCONNECT, closed or reset connection, keep-alive
+    // expiry) is normal: info/debug, never error. Each end is reported as a
+    // ConnectionEvent::Disconnected with its reason.
+    let reason = match link.start().await {
         // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
+        Ok(_) => {
+            error!("connection-stop");
+            DisconnectReason::Error("link stopped".to_owned())
+        }
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
             send_disconnect = false;
+            if link.client_sent_disconnect {
+                debug!(error=?e, "client disconnected");
+                DisconnectReason::ClientDisconnect
+            } else {
+                info!(error=?e, "connection closed by the broker");
+                DisconnectReason::ClosedByBroker
+            }
         }
         // Connection was closed by peer
         Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
-            if err.kind() == io::ErrorKind::ConnectionAborted =>
+            if matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
         {
-            info!(error=?err, "disconnected");
+            if link.client_sent_disconnect {
+                debug!(error=?err, "client disconnected");
+                DisconnectReason::ClientDisconnect
+            } else {
+                info!(error=?err, "disconnected");
+                DisconnectReason::ConnectionClosed
+            }
         }
-        // Any other error
+        Err(remote::Error::Network(network::Error::KeepAlive(_))) => {
+            info!("keep-alive expired, disconnected");
+            DisconnectReason::KeepAliveTimeout
+        }
+        Err(remote::Error::Network(network::Error::Protocol(
+            protocol::Error::PayloadSizeLimitExceeded(size),
+        ))) => {
+            let max = config.max_payload_size;
+            info!(size, max, "packet too large, disconnected");
+            events.emit(ConnectionEvent::PacketTooLarge { size, max });
+            DisconnectReason::PacketTooLarge
+        }
+        // Any other error: the client sent something broken
         Err(e) => {
-            error!(error=?e, "disconnected");
+            warn!(error=?e, "disconnected");
+            DisconnectReason::Error(e.to_string())
         }
     };
+    events.emit(ConnectionEvent::Disconnected { reason });
 
     if send_disconnect {
         let disconnect = Event::Disconnect;

@@ -55,6 +55,11 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::ServiceUnavailable => 3,
         ConnectReturnCode::BadUserNamePassword => 4,
         ConnectReturnCode::NotAuthorized => 5,
-        _ => unreachable!(),
+        // locus patch: MQTT 5-only codes translated to the nearest 3.1.1 code instead of
+        // `unreachable!` (for example connection rate exceeded -> server unavailable)
+        ConnectReturnCode::UnsupportedProtocolVersion => 1,
+        ConnectReturnCode::BadAuthenticationMethod => 4,
+        ConnectReturnCode::Banned => 5,
+        _ => 3,
     }
 }

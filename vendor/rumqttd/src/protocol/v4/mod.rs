@@ -334,36 +334,39 @@ impl Protocol for V4 {
             // v4 Disconnect packet gets handled in the previous check, this branch gets hit when
             // Disconnect packet has properties which is only valid for v5
             PacketType::Disconnect => return Err(Error::InvalidProtocol),
-            _ => unreachable!(),
+            // locus patch: a packet type a client never sends (CONNACK, SUBACK, ...) is an
+            // error for that connection, not a panic of its task
+            _ => return Err(Error::InvalidPacketType(fixed_header.byte1 >> 4)),
         };
 
         Ok(packet)
     }
 
     fn write(&self, packet: Packet, buffer: &mut BytesMut) -> Result<usize, Error> {
+        // locus patch: MQTT 3.1.1 has no properties. A packet for a 3.1.1 client can still
+        // carry some, for example a publish an MQTT 5 client sent with properties, forwarded
+        // to a 3.1.1 subscriber; upstream reached `unreachable!` here and killed the
+        // subscriber's connection task. The properties are dropped instead.
         let size = match packet {
-            Packet::Connect(connect, None, last_will, None, login) => {
+            Packet::Connect(connect, _, last_will, _, login) => {
                 connect::write(&connect, &login, &last_will, buffer)?
             }
             // TODO: set ConnAckProperties conditionally based on version
             // currently we can't conditionally set them based on v5 or v4,
             // so we ignore them, as properties can't be there in v4.
             Packet::ConnAck(connack, _) => connack::write(&connack, buffer)?,
-            Packet::Publish(publish, None) => publish::write(&publish, buffer)?,
-            Packet::PubAck(puback, None) => puback::write(&puback, buffer)?,
-            Packet::Subscribe(subscribe, None) => subscribe::write(&subscribe, buffer)?,
-            Packet::SubAck(suback, None) => suback::write(&suback, buffer)?,
-            Packet::PubRec(pubrec, None) => pubrec::write(&pubrec, buffer)?,
-            Packet::PubRel(pubrel, None) => pubrel::write(&pubrel, buffer)?,
-            Packet::PubComp(pubcomp, None) => pubcomp::write(&pubcomp, buffer)?,
-            Packet::Unsubscribe(unsubscribe, None) => unsubscribe::write(&unsubscribe, buffer)?,
-            Packet::UnsubAck(unsuback, None) => unsuback::write(&unsuback, buffer)?,
-            Packet::Disconnect(disconnect, None) => disconnect::write(&disconnect, buffer)?,
+            Packet::Publish(publish, _) => publish::write(&publish, buffer)?,
+            Packet::PubAck(puback, _) => puback::write(&puback, buffer)?,
+            Packet::Subscribe(subscribe, _) => subscribe::write(&subscribe, buffer)?,
+            Packet::SubAck(suback, _) => suback::write(&suback, buffer)?,
+            Packet::PubRec(pubrec, _) => pubrec::write(&pubrec, buffer)?,
+            Packet::PubRel(pubrel, _) => pubrel::write(&pubrel, buffer)?,
+            Packet::PubComp(pubcomp, _) => pubcomp::write(&pubcomp, buffer)?,
+            Packet::Unsubscribe(unsubscribe, _) => unsubscribe::write(&unsubscribe, buffer)?,
+            Packet::UnsubAck(unsuback, _) => unsuback::write(&unsuback, buffer)?,
+            Packet::Disconnect(disconnect, _) => disconnect::write(&disconnect, buffer)?,
             Packet::PingReq(pingreq) => ping::pingreq::write(buffer)?,
             Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
-            _ => unreachable!(
-                "This branch only matches for packets with Properties, which is not possible in v4",
-            ),
         };
         Ok(size)
     }

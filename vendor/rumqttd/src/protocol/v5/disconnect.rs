@@ -18,7 +18,10 @@ fn len(disconnect: &Disconnect, properties: &Option<DisconnectProperties>) -> us
         let properties_len_len = len_len(properties_len);
         length += properties_len_len + properties_len;
     } else {
-        length += 1;
+        // locus patch: reason code + a property length of 0, which `write` puts after it
+        // (upstream counted only the reason code: the packet was one byte longer than its
+        // remaining length, and clients saw a framing error instead of the reason)
+        length += 2;
     }
 
     length
@@ -67,12 +70,15 @@ pub fn write(
 ) -> Result<usize, Error> {
     buffer.put_u8(0xE0);
 
-    let length = len(disconnect, properties);
-
-    if length == 2 {
+    // locus patch: test the short form itself, not `length == 2` (a reason code without
+    // properties is now 2 bytes long too)
+    if disconnect.reason_code == DisconnectReasonCode::NormalDisconnection && properties.is_none()
+    {
         buffer.put_u8(0x00);
-        return Ok(length);
+        return Ok(2);
     }
+
+    let length = len(disconnect, properties);
 
     let len_len = write_remaining_length(buffer, length)?;
 
@@ -236,6 +242,25 @@ mod test {
         write(&disconnect, &None, &mut buffer).unwrap();
 
         assert_eq!(&buffer[..], &expected);
+    }
+
+    // locus patch: a reason code without properties: the remaining length covers the reason
+    // code and the property length, and the packet reads back.
+    #[test]
+    fn disconnect_with_reason_and_no_properties_has_a_true_length() {
+        let mut buffer = BytesMut::new();
+        let disconnect = Disconnect {
+            reason_code: DisconnectReasonCode::NotAuthorized,
+        };
+
+        let written = write(&disconnect, &None, &mut buffer).unwrap();
+
+        assert_eq!(&buffer[..], &[0xE0, 0x02, 0x87, 0x00]);
+        assert_eq!(written, buffer.len());
+        let fixed_header = parse_fixed_header(buffer.iter()).unwrap();
+        assert_eq!(fixed_header.frame_length(), buffer.len());
+        let bytes = buffer.split_to(fixed_header.frame_length()).freeze();
+        assert_eq!(read(fixed_header, bytes).unwrap(), (disconnect, None));
     }
 
     fn sample2() -> (Disconnect, Option<DisconnectProperties>) {

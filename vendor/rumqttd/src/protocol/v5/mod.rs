@@ -426,7 +426,9 @@ impl Protocol for V5 {
                 let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
                 Packet::PubComp(pubcomp, properties)
             }
-            _ => unreachable!(),
+            // locus patch: a packet type a client never sends (CONNACK, SUBACK, ...) is an
+            // error for that connection, not a panic of its task
+            _ => return Err(Error::InvalidPacketType(fixed_header.byte1 >> 4)),
         };
 
         Ok(packet)
