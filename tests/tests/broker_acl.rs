@@ -327,10 +327,9 @@ async fn denied_publish_is_neither_acknowledged_nor_delivered_nor_retained() {
             "expected DISCONNECT 0x87, got {error:?}"
         );
         assert!(
-            !seen.iter().any(|e| matches!(
-                e,
-                V5Event::Incoming(V5Packet::PubAck(_) | V5Packet::PubRec(_))
-            )),
+            !seen
+                .iter()
+                .any(|e| matches!(e, V5Event::Incoming(V5Packet::PubAck(_) | V5Packet::PubRec(_)))),
             "a denied publish was acknowledged: {seen:?}"
         );
     }
@@ -372,7 +371,10 @@ async fn denied_subscribe_filter_gets_failure_while_the_others_are_granted() {
     .await
     .unwrap();
     let codes = next_v4(&mut evil_rx, "suback", suback).await;
-    assert_eq!(codes, [SubscribeReasonCode::Failure, SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    assert_eq!(
+        codes,
+        [SubscribeReasonCode::Failure, SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
 
     // The denied filter delivers nothing: after a publish on each, the first message the
     // client gets is the public one.
@@ -466,7 +468,9 @@ fn v5_disconnect_with_a_reason_encodes_its_true_length() {
     assert_eq!(&buffer[..], &[0xE0, 0x02, 0x87, 0x00]);
     assert_eq!(written, buffer.len());
     match V5.read_mut(&mut buffer, 1024).unwrap() {
-        Packet::Disconnect(d, None) => assert_eq!(d.reason_code, DisconnectReasonCode::NotAuthorized),
+        Packet::Disconnect(d, None) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::NotAuthorized)
+        }
         other => panic!("read back {other:?}"),
     }
     assert!(buffer.is_empty(), "bytes left over after the packet: {buffer:?}");
@@ -499,7 +503,10 @@ async fn connection_events_report_connects_disconnects_and_oversized_packets() {
         matches!(bulky[1], ConnectionEvent::PacketTooLarge { size, max: 4096 } if size > 6000),
         "{bulky:?}"
     );
-    assert_eq!(bulky[2], ConnectionEvent::Disconnected { reason: DisconnectReason::PacketTooLarge });
+    assert_eq!(
+        bulky[2],
+        ConnectionEvent::Disconnected { reason: DisconnectReason::PacketTooLarge }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -552,7 +559,10 @@ async fn publish_throttle_slows_a_flooding_client_while_another_gets_through() {
         (flood_before_calm + flood_after_calm == FLOOD).then_some(())
     })
     .await;
-    assert_eq!(broker.events_of("flooder"), [ConnectionEvent::Connected, ConnectionEvent::PublishThrottled]);
+    assert_eq!(
+        broker.events_of("flooder"),
+        [ConnectionEvent::Connected, ConnectionEvent::PublishThrottled]
+    );
     assert_eq!(broker.events_of("calm"), [ConnectionEvent::Connected]);
 }
 
