@@ -69,6 +69,9 @@ impl FakeServer {
             auth,
             external_auth: None,
             dynamic_filters: true,
+            acl_handler: None,
+            event_handler: None,
+            max_publish_rate: None,
         };
         let server = ServerSettings {
             name: "v4".into(),
@@ -76,6 +79,8 @@ impl FakeServer {
             tls: None,
             next_connection_delay_ms: 1,
             connections,
+            max_connection_rate: None,
+            listener_event_handler: None,
         };
         let config = Config {
             id: 0,

@@ -71,6 +71,8 @@ pub fn start(
                 tls: None,
                 next_connection_delay_ms: 1,
                 connections: connections.clone(),
+                max_connection_rate: None,
+                listener_event_handler: None,
             },
         )])
     };
@@ -134,6 +136,9 @@ fn connection_settings(
         auth: None,
         external_auth: None,
         dynamic_filters: true,
+        acl_handler: None,
+        event_handler: None,
+        max_publish_rate: None,
     };
     if let Some(auth) = auth {
         settings.set_auth_handler(move |client_id: String, username: String, password: String| {
