@@ -117,7 +117,11 @@ impl TestBroker {
             ..Default::default()
         };
         let mut broker = Broker::new(config);
-        std::thread::spawn(move || broker.start());
+        std::thread::spawn(move || {
+            if let Err(e) = broker.start() {
+                eprintln!("test broker stopped: {e}");
+            }
+        });
         for addr in [v4, v5] {
             let deadline = std::time::Instant::now() + PATIENCE;
             while TcpStream::connect(addr).is_err() {
