@@ -66,6 +66,14 @@ pub struct MqttConfig {
     pub max_inflight: usize,
     /// Milliseconds a new connection has to send CONNECT.
     pub connect_timeout_ms: u16,
+    /// Publishes per second one connection may sustain; over it the broker stops reading that
+    /// client's socket for a while (throttled, never disconnected). 0 = no limit.
+    pub max_publish_rate: u32,
+    /// Publishes one connection may send at once before `max_publish_rate` applies.
+    pub publish_burst: u32,
+    /// New connections per second per listener; excess ones get CONNACK "server unavailable"
+    /// (MQTT 5: 0x9F, connection rate exceeded) at once instead of waiting. 0 = no limit.
+    pub max_connection_rate: u32,
 }
 
 impl Default for MqttConfig {
@@ -77,6 +85,12 @@ impl Default for MqttConfig {
             max_connections: 100_000,
             max_inflight: 100,
             connect_timeout_ms: 10_000,
+            // A phone sends a report every second or so, and a backlog after a reconnect in
+            // bursts; 1,000/s is far above both and still caps one flooding client at a small
+            // share of what the pipeline takes.
+            max_publish_rate: 1_000,
+            publish_burst: 2_000,
+            max_connection_rate: 5_000,
         }
     }
 }

@@ -18,6 +18,20 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A label with one stable value (`action`, `reason`, ...), for small counter families.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// What was refused: `publish`, `subscribe` or `will`.
+    pub action: &'static str,
+}
+
+/// The `reason` label of disconnections.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DisconnectLabel {
+    /// Why the connection ended.
+    pub reason: &'static str,
+}
+
 /// Counters, gauges and histograms of the ingest path.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,8 +56,20 @@ pub struct Metrics {
     pub commit_latency_seconds: Histogram,
     /// Clients connected to the embedded broker.
     pub connected_clients: Gauge,
-    /// MQTT connections refused at CONNECT (bad credentials).
+    /// MQTT connections refused at CONNECT (bad or missing credentials, reserved client id).
     pub auth_refused: Counter,
+    /// MQTT connections accepted (CONNACK sent).
+    pub connections: Counter,
+    /// MQTT connections ended, by reason.
+    pub disconnections: Family<DisconnectLabel, Counter>,
+    /// Publishes, subscriptions and wills refused by the topic policy, by action.
+    pub mqtt_denied: Family<ActionLabel, Counter>,
+    /// Connections closed for a packet over `[mqtt] max_payload_bytes`.
+    pub packet_too_large: Counter,
+    /// Spells of a connection throttled for its publish rate.
+    pub publish_throttled: Counter,
+    /// Connections refused for the listener's connection rate.
+    pub connection_rate_refused: Counter,
     /// 1 while acks are held back (for example a full InfluxDB outbox), else 0.
     pub acks_paused: Gauge,
 }
@@ -71,6 +97,12 @@ impl Metrics {
             commit_latency_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             connected_clients: Gauge::default(),
             auth_refused: Counter::default(),
+            connections: Counter::default(),
+            disconnections: Family::default(),
+            mqtt_denied: Family::default(),
+            packet_too_large: Counter::default(),
+            publish_throttled: Counter::default(),
+            connection_rate_refused: Counter::default(),
             acks_paused: Gauge::default(),
         };
         let m = &metrics;
@@ -110,8 +142,34 @@ impl Metrics {
         );
         registry.register(
             "mqtt_auth_refused",
-            "MQTT connections refused at CONNECT for bad credentials",
+            "MQTT connections refused at CONNECT for bad or missing credentials",
             m.auth_refused.clone(),
+        );
+        registry.register("mqtt_connections", "MQTT connections accepted", m.connections.clone());
+        registry.register(
+            "mqtt_disconnections",
+            "MQTT connections ended, by reason",
+            m.disconnections.clone(),
+        );
+        registry.register(
+            "mqtt_denied",
+            "MQTT publishes, subscriptions and wills refused by the topic policy, by action",
+            m.mqtt_denied.clone(),
+        );
+        registry.register(
+            "mqtt_packet_too_large",
+            "MQTT connections closed for a packet over [mqtt] max_payload_bytes",
+            m.packet_too_large.clone(),
+        );
+        registry.register(
+            "mqtt_publish_throttled",
+            "Spells of an MQTT connection throttled for its publish rate",
+            m.publish_throttled.clone(),
+        );
+        registry.register(
+            "mqtt_connection_rate_refused",
+            "MQTT connections refused for the listener's connection rate",
+            m.connection_rate_refused.clone(),
         );
         registry.register(
             "acks_paused",

@@ -87,7 +87,8 @@ fn test_port_range() -> RangeInclusive<u16> {
 
 /// The kernel's ephemeral range; Linux's default where the file cannot be read.
 fn ephemeral_range() -> (u16, u16) {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let mut parts = text.split_whitespace().map(str::parse::<u16>);
     match (parts.next(), parts.next()) {
         (Some(Ok(low)), Some(Ok(high))) if low <= high => (low, high),

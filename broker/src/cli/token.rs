@@ -131,6 +131,10 @@ fn subject_for(role: Role, subject: Option<String>) -> anyhow::Result<String> {
                 locus_sdk::topics::is_valid_id(&given),
                 "{role} id {given:?} must be 1-64 characters of letters, digits, - _ . :"
             );
+            anyhow::ensure!(
+                !(role == Role::Courier && given == crate::mqtt::PIPELINE_CLIENT_ID),
+                "courier id {given:?} is reserved for locusd's own link into its broker"
+            );
             Ok(given)
         }
     }
@@ -181,5 +185,7 @@ mod tests {
         assert!(subject_for(Role::Order, None).is_err());
         assert!(subject_for(Role::Courier, Some("has space".into())).is_err());
         assert_eq!(subject_for(Role::Merchant, Some("shop-1".into())).unwrap(), "shop-1");
+        let reserved = subject_for(Role::Courier, Some(crate::mqtt::PIPELINE_CLIENT_ID.into()));
+        assert!(reserved.unwrap_err().to_string().contains("reserved"));
     }
 }

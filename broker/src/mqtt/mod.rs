@@ -5,19 +5,30 @@
 //!
 //! Authentication happens at CONNECT: username = courier id, password = a courier token
 //! ([`crate::auth`]), client id = courier id (so one courier cannot take over another's
-//! session). rumqttd 0.20 has no per-publish hook, so topic authorization (courier `a` may only
-//! publish under `couriers/a/`) cannot be enforced inside it yet; the seam for it is
-//! [`crate::pipeline::courier_of`], which today takes the courier from the topic. Running behind
-//! a clustered broker with ACLs (see DESIGN.md, "Running at scale") enforces it there.
+//! session); the pipeline's client id is reserved. Authorization happens on every publish,
+//! subscribe and last will: the vendored rumqttd's ACL hook asks [`policy`] (see
+//! `vendor/rumqttd/PATCHES.md`). Denials, refused CONNECTs, oversized packets, throttled
+//! publishers and refused connection bursts are counted in [`Metrics`] and logged at INFO.
+//!
+//! Limits per connection and listener (`[mqtt]`): the packet size (`max_payload_bytes`), the
+//! publish rate (`max_publish_rate`, `publish_burst`: over it, the broker stops reading that
+//! client's socket for a while, so only it slows down) and new connections per second per
+//! listener (`max_connection_rate`: over it, CONNACK "server unavailable").
 
 use crate::auth::{Role, TokenAuthority};
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
+use crate::metrics::{ActionLabel, DisconnectLabel};
+use policy::{Action, TopicPolicy};
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::{Broker, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{
+    AclAction, Broker, ClientIdentity, ConnectionEvent, ConnectionSettings, DisconnectReason,
+    ListenerEvent, PublishRate, RouterConfig, ServerSettings,
+};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub mod policy;
 
@@ -63,18 +74,24 @@ pub fn start(
 
     let connections = connection_settings(config, auth, metrics.clone());
     let server = |name: &str, listen: SocketAddr| {
-        HashMap::from([(
-            name.to_owned(),
-            ServerSettings {
-                name: name.to_owned(),
-                listen,
-                tls: None,
-                next_connection_delay_ms: 1,
-                connections: connections.clone(),
-                max_connection_rate: None,
-                listener_event_handler: None,
-            },
-        )])
+        let mut settings = ServerSettings {
+            name: name.to_owned(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections: connections.clone(),
+            max_connection_rate: (config.max_connection_rate > 0)
+                .then_some(config.max_connection_rate),
+            listener_event_handler: None,
+        };
+        let metrics = metrics.clone();
+        settings.set_listener_event_handler(move |event| {
+            if let ListenerEvent::ConnectionRateExceeded { listener, peer } = event {
+                metrics.connection_rate_refused.inc();
+                tracing::debug!(%listener, %peer, "connection refused: connection rate exceeded");
+            }
+        });
+        HashMap::from([(name.to_owned(), settings)])
     };
     let broker_config = rumqttd::Config {
         id: 0,
@@ -98,7 +115,6 @@ pub fn start(
     let (mut tx, rx) =
         broker.link(PIPELINE_CLIENT_ID).map_err(|e| MqttError::Link(e.to_string()))?;
     tx.subscribe(locus_sdk::topics::ALL_LOCATIONS).map_err(|e| MqttError::Link(e.to_string()))?;
-    let meters = broker.meters().map_err(|e| MqttError::Link(e.to_string()))?;
 
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -108,18 +124,6 @@ pub fn start(
             }
         })
         .map_err(|e| MqttError::Link(e.to_string()))?;
-
-    tokio::spawn(async move {
-        while let Ok(meters) = meters.next().await {
-            for meter in meters {
-                if let rumqttd::Meter::Router(_, router) = meter {
-                    // Minus the pipeline's own local link.
-                    let devices = router.total_connections.saturating_sub(1);
-                    metrics.connected_clients.set(devices as i64);
-                }
-            }
-        }
-    });
 
     Ok(BrokerLink { tx, rx })
 }
@@ -138,19 +142,134 @@ fn connection_settings(
         dynamic_filters: true,
         acl_handler: None,
         event_handler: None,
-        max_publish_rate: None,
+        max_publish_rate: (config.max_publish_rate > 0).then_some(PublishRate {
+            per_second: config.max_publish_rate,
+            burst: config.publish_burst.max(1),
+        }),
     };
-    if let Some(auth) = auth {
-        settings.set_auth_handler(move |client_id: String, username: String, password: String| {
-            let verdict = check_courier(&auth, &client_id, &username, &password);
-            if let Err(reason) = &verdict {
-                metrics.auth_refused.inc();
-                tracing::info!(%client_id, %username, %reason, "MQTT connection refused");
+    let refused = metrics.clone();
+    let tokens = auth.clone();
+    // The auth handler runs for every CONNECT, with or without credentials (a locus patch): it
+    // checks the courier token, and even for anonymous servers refuses the pipeline's id.
+    settings.set_auth_handler(move |client_id: String, username: String, password: String| {
+        let verdict = match &tokens {
+            Some(tokens) => check_courier(tokens, &client_id, &username, &password),
+            None => check_client_id(&client_id),
+        };
+        if let Err(reason) = &verdict {
+            refused.auth_refused.inc();
+            tracing::info!(%client_id, %username, %reason, "MQTT connection refused");
+        }
+        std::future::ready(verdict.is_ok())
+    });
+    if auth.is_some() {
+        let denied = metrics.clone();
+        settings.set_acl_handler(move |client: &ClientIdentity, action: &AclAction<'_>| {
+            let action = match *action {
+                AclAction::Publish { topic, .. } => Action::Publish(topic),
+                AclAction::Subscribe { filter } => Action::Subscribe(filter),
+                AclAction::Will { topic, .. } => Action::Will(topic),
+                // An action this build does not know: refuse rather than guess.
+                _ => return false,
+            };
+            // Authentication made the client id the courier id.
+            match TopicPolicy.check(&client.client_id, action) {
+                Ok(()) => true,
+                Err(denial) => {
+                    denied.mqtt_denied.get_or_create(&ActionLabel { action: action.label() }).inc();
+                    tracing::info!(
+                        client_id = %client.client_id,
+                        action = action.label(),
+                        topic = action.topic(),
+                        reason = %denial,
+                        "MQTT action refused"
+                    );
+                    false
+                }
             }
-            std::future::ready(verdict.is_ok())
         });
     }
+    let oversized_log = RateLimitedLog::new(Duration::from_secs(60));
+    settings.set_event_handler(
+        move |client: &ClientIdentity, event: ConnectionEvent| match event {
+            ConnectionEvent::Connected => {
+                metrics.connections.inc();
+                metrics.connected_clients.inc();
+            }
+            ConnectionEvent::Disconnected { reason } => {
+                metrics.connected_clients.dec();
+                let reason = disconnect_label(&reason);
+                metrics.disconnections.get_or_create(&DisconnectLabel { reason }).inc();
+            }
+            ConnectionEvent::PacketTooLarge { size, max } => {
+                metrics.packet_too_large.inc();
+                if oversized_log.should_log(&client.client_id) {
+                    tracing::info!(
+                        client_id = %client.client_id,
+                        size,
+                        max,
+                        "MQTT packet over [mqtt] max_payload_bytes: connection closed (logged \
+                         once a minute per client)"
+                    );
+                }
+            }
+            ConnectionEvent::PublishThrottled => {
+                metrics.publish_throttled.inc();
+            }
+            _ => {}
+        },
+    );
     settings
+}
+
+/// The `reason` label of `locus_mqtt_disconnections_total`.
+fn disconnect_label(reason: &DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::ClientDisconnect => "client_disconnect",
+        DisconnectReason::ConnectionClosed => "connection_closed",
+        DisconnectReason::KeepAliveTimeout => "keep_alive_timeout",
+        DisconnectReason::PacketTooLarge => "packet_too_large",
+        DisconnectReason::ClosedByBroker => "closed_by_broker",
+        _ => "error",
+    }
+}
+
+/// Remembers when it last logged for each client, so a device that keeps doing the same wrong
+/// thing fills the log with one line a minute, not one per attempt.
+#[derive(Debug)]
+struct RateLimitedLog {
+    every: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl RateLimitedLog {
+    /// Most clients remembered; past it the memory is cleared (a burst of logs, then quiet).
+    const MAX_CLIENTS: usize = 10_000;
+
+    fn new(every: Duration) -> RateLimitedLog {
+        RateLimitedLog { every, last: Mutex::new(HashMap::new()) }
+    }
+
+    fn should_log(&self, client_id: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(client_id).is_some_and(|t| now.duration_since(*t) < self.every) {
+            return false;
+        }
+        if last.len() >= Self::MAX_CLIENTS {
+            last.clear();
+        }
+        last.insert(client_id.to_owned(), now);
+        true
+    }
+}
+
+/// Client ids no device may use, whatever its credentials.
+fn check_client_id(client_id: &str) -> Result<(), String> {
+    if client_id == PIPELINE_CLIENT_ID {
+        return Err(format!("client id {PIPELINE_CLIENT_ID} is reserved for locusd"));
+    }
+    Ok(())
 }
 
 /// Whether a CONNECT may proceed; the error says why not (for logs, never to the client).
@@ -166,5 +285,6 @@ fn check_courier(
     if client_id != username {
         return Err("client id must be the courier id".into());
     }
+    check_client_id(client_id)?;
     auth.verify(Role::Courier, username, password).map_err(|e| e.to_string())
 }

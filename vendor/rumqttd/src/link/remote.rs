@@ -329,14 +329,14 @@ async fn handle_auth(
         return Ok(());
     }
 
-    // if authentication is configured and connect packet doesn't have login details
-    // return an error
-    let Some(login) = login else {
-        return Err(Error::InvalidAuth);
+    // locus patch: a CONNECT without login details still goes to the external handler (with
+    // empty username and password), so the application sees, counts and logs every refused
+    // CONNECT. Static `auth` pairs still refuse it outright.
+    let (username, password) = match login {
+        Some(login) => (&login.username, &login.password),
+        None if config.external_auth.is_some() => (&String::new(), &String::new()),
+        None => return Err(Error::InvalidAuth),
     };
-
-    let username = &login.username;
-    let password = &login.password;
 
     if let Some(auth) = &config.external_auth {
         if !auth(
