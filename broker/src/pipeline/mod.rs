@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
 use crate::store::{CommitBatch, DeadLetter, Store, StoreError, StoredFix};
 use bytes::Bytes;
-use locus_sdk::wire::{self, Fix, Report};
+use locus_sdk::wire::{self, Fix};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
@@ -601,7 +601,7 @@ mod tests {
         fixes[7].lat_e7 = 0;
         fixes[7].details =
             Some(wire::FixDetails { heading_cdeg: Some(36_000), ..Default::default() });
-        let payload = wire::encode_report(&Report { seq: 3, fixes });
+        let payload = wire::encode_report(&wire::Report { seq: 3, fixes });
         let topic = Bytes::from("couriers/c1/locations");
         let built = intake.build(&[(topic, Bytes::from(payload.clone()))], now).unwrap();
 
