@@ -62,4 +62,17 @@ done
 # Every test binary runs even when one fails (--no-fail-fast), so one failure never hides
 # another; the script still exits non-zero.
 step "cargo test"
-cargo test --workspace --no-fail-fast --features locus-sdk/client
+failed=0
+cargo test --workspace --no-fail-fast --features locus-sdk/client || failed=1
+
+# Fuzz targets (fuzz/README.md): `cargo test` above ran each for 2 s; here each runs for 30 s,
+# two at a time, in the dev profile. A crash fails the run and is saved in fuzz/crashes/.
+# Same package selection and features as above, so nothing is rebuilt.
+step "fuzz targets, 30 s each"
+LOCUS_FUZZ_SECONDS=30 cargo test --workspace --features locus-sdk/client --test fuzz \
+  -- --test-threads 2 || failed=1
+
+if [ "$failed" != 0 ]; then
+  echo "some tests failed (see above)" >&2
+  exit 1
+fi

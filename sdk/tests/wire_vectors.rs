@@ -1,13 +1,19 @@
 //! Checks the test vectors in `wire-vectors.json` (documented in `WIRE.md`) both ways:
-//! hex → message → JSON, and JSON → message → hex.
+//! hex → message → JSON, and JSON → message → hex. Vectors with `refused` are well-formed wire
+//! bytes carrying an out-of-range value: they decode, and JSON → wire refuses them, naming
+//! the field.
 
 use locus_sdk::wire::{self, json::MessageJson, Message};
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Vector {
     name: String,
     hex: String,
     json: serde_json::Value,
+    /// The JSON field that JSON → wire refuses (the vector is out of range).
+    #[serde(default)]
+    refused: Option<String>,
 }
 
 fn vectors() -> Vec<Vector> {
@@ -21,6 +27,12 @@ fn hex_decodes_to_json() {
         let message = wire::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", v.name));
         let json = serde_json::to_value(MessageJson::from(&message)).unwrap();
         assert_eq!(json, v.json, "{}", v.name);
+        // Out-of-range vectors are exactly the ones whose fixes the server's range check refuses.
+        let out_of_range = match &message {
+            Message::Report(report) => report.fixes.iter().any(|f| f.out_of_range().is_some()),
+            Message::Ack(_) => false,
+        };
+        assert_eq!(out_of_range, v.refused.is_some(), "{}", v.name);
     }
 }
 
@@ -28,7 +40,29 @@ fn hex_decodes_to_json() {
 fn json_encodes_to_hex() {
     for v in vectors() {
         let json: MessageJson = serde_json::from_value(v.json.clone()).unwrap();
-        let message = Message::try_from(&json).unwrap();
-        assert_eq!(hex::encode(wire::encode(&message)), v.hex, "{}", v.name);
+        match (Message::try_from(&json), &v.refused) {
+            (Ok(message), None) => {
+                assert_eq!(hex::encode(wire::encode(&message)), v.hex, "{}", v.name)
+            }
+            (Err(e), Some(field)) => assert_eq!(&e.field, field, "{}", v.name),
+            (result, _) => panic!("{}: {result:?}", v.name),
+        }
     }
+}
+
+#[test]
+fn the_vectors_cover_what_a_reimplementation_gets_wrong() {
+    let all = vectors();
+    let bytes: Vec<Vec<u8>> = all.iter().map(|v| hex::decode(&v.hex).unwrap()).collect();
+    // A byte above 127 in a varint (seq 128 = 80 01) and in the raw u8 battery (200 = c8).
+    assert!(all.iter().any(|v| v.hex.starts_with("01008001")));
+    assert!(all.iter().any(|v| v.json["fixes"][0]["battery"] == 200 && v.hex.contains("01c800")));
+    // Every optional field set, in a valid vector.
+    let every_field = ["accuracy", "speed", "heading", "battery", "order"];
+    assert!(all.iter().filter(|v| v.refused.is_none()).any(|v| {
+        v.json["fixes"].as_array().is_some_and(|fixes| {
+            fixes.iter().any(|f| every_field.iter().all(|k| f.get(k).is_some()))
+        })
+    }));
+    assert!(bytes.iter().all(|b| b[0] == wire::VERSION));
 }

@@ -225,6 +225,89 @@ fn bad_input_is_dead_lettered_with_its_reason_and_harms_nobody_else() {
     assert_eq!(server.track_ts("bad"), [now], "only the good fix of the mixed report");
 }
 
+/// A report whose middle fixes are bad, published with mosquitto_pub: the good fixes are kept,
+/// the bad ones become one dead letter per reason naming them, and each letter holds the
+/// payload exactly as published (not a report the server rebuilt).
+#[test]
+fn bad_fixes_in_a_report_are_dead_lettered_as_received_and_the_rest_kept() {
+    let server = LocusServer::start();
+    let token = server.issue_token("courier-m");
+    let ts = now_ms();
+    let with_battery = |mut fix: Fix, pct: u8| {
+        fix.details = Some(FixDetails { battery_pct: Some(pct), ..FixDetails::default() });
+        fix
+    };
+    let report = Report {
+        seq: 1,
+        fixes: vec![
+            Fix::from_degrees(ts, 41.0, 2.0),
+            Fix::from_degrees(ts + 1, 95.0, 2.0), // off the globe
+            Fix::from_degrees(ts + 2, 41.0, 2.0),
+            with_battery(Fix::from_degrees(ts + 3, 41.0, 2.0), 200), // battery above 100
+            Fix::from_degrees(ts + 4, 41.0, 181.0),                  // off the globe
+        ],
+    };
+    let payload = wire::encode_report(&report);
+    let payload_hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(mosquitto_pub(&server, "courier-m", Some(&token), &payload));
+
+    let letters = wait_for("two dead letters", || {
+        let body = server.get_ok("/v1/dead-letters?limit=100");
+        let letters = body["dead_letters"].as_array().unwrap().clone();
+        (letters.len() >= 2).then_some(letters)
+    });
+    assert_eq!(letters.len(), 2, "one letter per reason: {letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["payload_hex"], payload_hex.as_str(), "the payload as published");
+        assert_eq!(letter["courier"], "courier-m");
+    }
+    let detail = |reason: &str| {
+        let letter = letters.iter().find(|l| l["reason"] == reason).expect(reason);
+        letter["detail"].as_str().unwrap().to_owned()
+    };
+    let coordinates = detail("coordinates_out_of_range");
+    assert!(coordinates.starts_with("2 of the report's 5 fixes refused"), "{coordinates}");
+    assert!(coordinates.contains("fixes[1]: ") && coordinates.contains("fixes[4]: "));
+    let battery = detail("detail_out_of_range");
+    assert!(battery.contains("fixes[3]: battery out of range"), "{battery}");
+    assert_eq!(server.track_ts("courier-m"), [ts, ts + 2]);
+}
+
+/// `locusd wire encode` refuses out-of-range values instead of wrapping them.
+#[test]
+fn wire_encode_refuses_out_of_range_values() {
+    let fix = |extra: &str| {
+        format!(r#"{{"seq":1,"fixes":[{{"ts":1763700000000,"lat":41.0,"lon":2.0{extra}}}]}}"#)
+    };
+    for (extra, field) in [
+        (r#","heading":360"#, "heading"),
+        (r#","heading":400"#, "heading"),
+        (r#","heading":-90"#, "heading"),
+        (r#","battery":101"#, "battery"),
+        (r#","speed":-1"#, "speed"),
+        (r#","order":"a/b""#, "order"),
+    ] {
+        let output = Command::new(locusd())
+            .args(["wire", "encode", "--hex"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().expect("stdin").write_all(fix(extra).as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("locusd wire encode");
+        assert!(!output.status.success(), "{extra} was encoded: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("fixes[0].{field}")), "{extra}: {stderr}");
+    }
+    // The edges themselves are valid.
+    let edges = encode_json(&fix(r#","heading":359.99,"battery":100,"speed":0"#));
+    let details = wire::decode_report(&edges).unwrap().fixes[0].details.clone().unwrap();
+    assert_eq!((details.heading_cdeg, details.battery_pct), (Some(35_999), Some(100)));
+}
+
 #[test]
 fn duplicates_are_acked_not_reapplied_and_newer_device_time_wins() {
     let server = LocusServer::start_anonymous();

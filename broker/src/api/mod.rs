@@ -137,12 +137,17 @@ async fn order_location(
     Ok(Json(FixView::new(&courier, &fix)))
 }
 
+/// The query of `GET /v1/couriers/{id}/track` (`?since=&until=&limit=`), parsed by axum's
+/// `Query` extractor. Public so the fuzz targets parse it the same way.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TrackQuery {
-    since: Option<u64>,
-    until: Option<u64>,
-    limit: Option<usize>,
+pub struct TrackQuery {
+    /// Device time from, Unix ms.
+    pub since: Option<u64>,
+    /// Device time to, Unix ms.
+    pub until: Option<u64>,
+    /// Page size.
+    pub limit: Option<usize>,
 }
 
 async fn courier_track(
@@ -160,11 +165,15 @@ async fn courier_track(
     Ok(Json(TrackView::new(&courier, &fixes, query.since.is_some() && fixes.len() == limit)))
 }
 
+/// The query of `GET /v1/dead-letters` (`?after=&limit=`), parsed by axum's `Query` extractor.
+/// Public so the fuzz targets parse it the same way.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
+pub struct PageQuery {
+    /// Dead-letter id to continue after.
+    pub after: Option<u64>,
+    /// Page size.
+    pub limit: Option<usize>,
 }
 
 async fn dead_letters(

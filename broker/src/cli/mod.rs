@@ -9,9 +9,9 @@
 
 mod bench;
 mod plugin;
-mod replay;
+pub mod replay;
 mod token;
-mod wire;
+pub mod wire;
 
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};

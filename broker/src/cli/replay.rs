@@ -16,7 +16,7 @@
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::{now_ms, Intake, PendingFix};
+use crate::pipeline::{now_ms, BackfillSource, Intake, PendingFix};
 use crate::store::{DeadLetter, Store, StoreError};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -62,15 +62,17 @@ enum Format {
 
 /// A line: a courier and a fix.
 #[derive(Debug)]
-struct JsonLine {
-    courier: String,
-    fix: FixJson,
+pub struct JsonLine {
+    /// The courier id, as written (checked by the caller).
+    pub courier: String,
+    /// The fix, in natural units (converted to the wire by the caller).
+    pub fix: FixJson,
 }
 
 impl JsonLine {
     /// Parses `{"courier":…, …FixJson fields}`. (Not `#[serde(flatten)]`: it would let unknown
     /// fields through `FixJson`'s `deny_unknown_fields`.)
-    fn parse(text: &str) -> Result<JsonLine, String> {
+    pub fn parse(text: &str) -> Result<JsonLine, String> {
         let mut object: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(text).map_err(|e| e.to_string())?;
         let courier = match object.remove("courier") {
@@ -269,8 +271,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             let fix = match row.fix.to_wire(0) {
                 Ok(fix) => fix,
                 Err(e) => {
+                    // Out of range: the reason the server gives the same fix.
                     let detail = e.to_string().replacen("fixes[0].", "", 1);
-                    malformed.push(letter("malformed", detail, Some(row.courier)));
+                    malformed.push(letter(e.code, detail, Some(row.courier)));
                     continue;
                 }
             };
@@ -281,7 +284,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 counts.duplicates += 1;
                 continue;
             }
-            fixes.push((PendingFix { courier: row.courier, fix, attributes: vec![] }, where_from));
+            let source = BackfillSource { where_from, input: line.clone() };
+            fixes.push((PendingFix { courier: row.courier, fix, attributes: vec![] }, source));
         }
         if lines_in_batch == 0 {
             break;
@@ -341,7 +345,8 @@ fn file_identity(path: &Path, file: &File) -> anyhow::Result<Vec<u8>> {
     Ok(format!("{}\0{}\0{modified}", canonical.display(), meta.len()).into_bytes())
 }
 
-fn csv_record(line: &[u8]) -> anyhow::Result<csv::StringRecord> {
+/// One CSV line as a record (the header row, too), fields trimmed.
+pub fn csv_record(line: &[u8]) -> anyhow::Result<csv::StringRecord> {
     let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(line);
     let mut record = csv::StringRecord::new();
     anyhow::ensure!(reader.read_record(&mut record)?, "empty line");
@@ -349,7 +354,8 @@ fn csv_record(line: &[u8]) -> anyhow::Result<csv::StringRecord> {
     Ok(record)
 }
 
-fn parse_csv(line: &[u8], headers: &csv::StringRecord) -> Result<JsonLine, String> {
+/// One CSV data line under `headers` (from [`csv_record`] of the header row).
+pub fn parse_csv(line: &[u8], headers: &csv::StringRecord) -> Result<JsonLine, String> {
     let record = csv_record(line).map_err(|e| e.to_string())?;
     if record.len() != headers.len() {
         return Err(format!("{} fields, the header row has {}", record.len(), headers.len()));

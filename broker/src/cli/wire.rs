@@ -21,6 +21,18 @@ pub(super) enum WireCommand {
     },
 }
 
+/// What `locusd wire encode` does with its stdin: a JSON message to wire bytes, refusing values
+/// outside their documented ranges (`sdk/WIRE.md`).
+pub fn encode_json(input: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let json: MessageJson = serde_json::from_slice(input).context(
+        "stdin is not a Locus message as JSON (a report is \
+         {\"seq\":1,\"fixes\":[{\"ts\":1763700000000,\"lat\":41.3851,\"lon\":2.1734}]}, \
+         an ack is {\"seq\":1})",
+    )?;
+    let message = Message::try_from(&json)?;
+    Ok(wire::encode(&message))
+}
+
 impl WireCommand {
     pub(super) fn run(self) -> anyhow::Result<()> {
         let mut input = Vec::new();
@@ -28,13 +40,7 @@ impl WireCommand {
         let mut stdout = std::io::stdout().lock();
         match self {
             WireCommand::Encode { hex } => {
-                let json: MessageJson = serde_json::from_slice(&input).context(
-                    "stdin is not a Locus message as JSON (a report is \
-                     {\"seq\":1,\"fixes\":[{\"ts\":1763700000000,\"lat\":41.3851,\"lon\":2.1734}]}, \
-                     an ack is {\"seq\":1})",
-                )?;
-                let message = Message::try_from(&json)?;
-                let bytes = wire::encode(&message);
+                let bytes = encode_json(&input)?;
                 if hex {
                     writeln!(stdout, "{}", ::hex::encode(bytes))?;
                 } else {

@@ -14,7 +14,7 @@
 //! Bad input never stops the pipeline: each problem becomes a [`DeadLetter`] with a reason
 //! code, counted in `locus_dead_letters_total{reason}`.
 
-mod validate;
+pub mod validate;
 
 pub use validate::{FixProblem, ReportProblem};
 
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
 use crate::store::{CommitBatch, DeadLetter, Store, StoreError, StoredFix};
 use bytes::Bytes;
-use locus_sdk::wire::{self, Fix, Report};
+use locus_sdk::wire::{self, Fix};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
@@ -102,6 +102,15 @@ struct InfluxQueue {
     schema: SchemaConfig,
 }
 
+/// Where a backfilled fix ([`Intake::build_fixes`]) came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillSource {
+    /// A short place name, such as `line 12`.
+    pub where_from: String,
+    /// The input bytes the fix was read from (the line), kept as the payload of its dead letter.
+    pub input: Vec<u8>,
+}
+
 /// What one call of [`Intake::build`] produced.
 #[derive(Debug, Default)]
 pub struct BuiltBatch {
@@ -175,29 +184,29 @@ impl Intake {
     /// Builds one commit batch from fixes that did not come from a report (the backfill of
     /// `locusd replay`): each is validated like a reported fix, then goes through the plugin
     /// chain and into the track, last locations and InfluxDB outbox. No seq advances and no ack
-    /// is owed. `where_from` of each fix (e.g. `line 12`) prefixes the detail of its dead letter;
-    /// `topic` names the source in dead letters.
+    /// is owed. Each fix comes with [`BackfillSource`]: where it came from (e.g. `line 12`,
+    /// the prefix of its dead letter's detail) and the input bytes it was read from (its dead
+    /// letter's payload); `topic` names the source in dead letters.
     pub fn build_fixes(
         &mut self,
-        fixes: Vec<(PendingFix, String)>,
+        fixes: Vec<(PendingFix, BackfillSource)>,
         received_ms: u64,
         topic: &str,
     ) -> Result<BuiltBatch, StoreError> {
         let mut out = BuiltBatch::default();
         let mut pending = Vec::with_capacity(fixes.len());
-        for (fix, where_from) in fixes {
+        for (fix, source) in fixes {
             self.metrics.fixes_received.inc();
             match validate::check_fix(&fix.fix, received_ms, &self.config) {
                 Ok(()) => pending.push(fix),
                 Err(problem) => {
-                    let payload = wire::encode_report(&Report { seq: 0, fixes: vec![fix.fix] });
                     let letter = DeadLetter {
                         reason: problem.code().to_owned(),
-                        detail: format!("{where_from}: {problem}"),
+                        detail: format!("{}: {problem}", source.where_from),
                         topic: topic.to_owned(),
                         courier: Some(fix.courier),
                         received_ms,
-                        payload,
+                        payload: source.input,
                     };
                     self.refuse(letter, &mut out);
                 }
@@ -278,25 +287,32 @@ impl Intake {
             return Ok(());
         }
         out.reports += 1;
-        let Report { seq, fixes } = report;
-        for fix in fixes {
+        // Good fixes are kept, bad ones refused: one dead letter per distinct reason, holding
+        // the payload as received (never a rebuilt report) and naming the refused fixes, so a
+        // report of many bad fixes costs a few letters, not one copy of itself per fix.
+        let total = report.fixes.len();
+        let mut refused: Vec<(usize, FixProblem)> = Vec::new();
+        for (index, fix) in report.fixes.into_iter().enumerate() {
             match validate::check_fix(&fix, received_ms, &self.config) {
                 Ok(()) => {
                     pending.push(PendingFix { courier: courier.clone(), fix, attributes: vec![] })
                 }
-                Err(problem) => {
-                    let bytes = wire::encode_report(&Report { seq, fixes: vec![fix] });
-                    let letter = DeadLetter {
-                        reason: problem.code().to_owned(),
-                        detail: problem.to_string(),
-                        topic: topic_text.to_string(),
-                        courier: Some(courier.clone()),
-                        received_ms,
-                        payload: bytes,
-                    };
-                    self.refuse(letter, out);
-                }
+                Err(problem) => refused.push((index, problem)),
             }
+        }
+        let mut reasons: Vec<&'static str> = refused.iter().map(|(_, p)| p.code()).collect();
+        let mut seen = std::collections::HashSet::new();
+        reasons.retain(|r| seen.insert(*r));
+        for reason in reasons {
+            let letter = DeadLetter {
+                reason: reason.to_owned(),
+                detail: refused_fixes_detail(&refused, reason, total),
+                topic: topic_text.to_string(),
+                courier: Some(courier.clone()),
+                received_ms,
+                payload: payload.to_vec(),
+            };
+            self.refuse(letter, out);
         }
         Ok(())
     }
@@ -355,6 +371,24 @@ impl Intake {
         batch.track.push((courier, stored));
         Ok(())
     }
+}
+
+/// The detail of a dead letter for the fixes of one report refused for `reason`: how many of the
+/// report's fixes, and which ones (by index, the first few with their problem).
+fn refused_fixes_detail(refused: &[(usize, FixProblem)], reason: &str, total: usize) -> String {
+    /// Problems spelled out; the rest are counted.
+    const LISTED: usize = 5;
+    let these: Vec<&(usize, FixProblem)> =
+        refused.iter().filter(|(_, p)| p.code() == reason).collect();
+    let mut detail =
+        format!("{} of the report's {total} fixes refused (its valid fixes are kept)", these.len());
+    for (index, problem) in these.iter().take(LISTED) {
+        detail.push_str(&format!("; fixes[{index}]: {problem}"));
+    }
+    if these.len() > LISTED {
+        detail.push_str(&format!("; and {} more", these.len() - LISTED));
+    }
+    detail
 }
 
 /// Runs the intake loop on the current thread until `stop` is set or the link closes, then
@@ -555,6 +589,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_fixes_are_refused_one_letter_per_reason_holding_the_payload_as_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut intake = Intake::new(PipelineConfig::default(), store, Arc::new(Metrics::new()));
+        let now = now_ms();
+        let mut fixes: Vec<Fix> = (0..12).map(|i| Fix::from_degrees(now + i, 91.0, 2.0)).collect();
+        fixes[0] = Fix::from_degrees(now, 41.0, 2.0);
+        fixes[5].details = None;
+        fixes[5].lat_e7 = 0;
+        fixes[7].lat_e7 = 0;
+        fixes[7].details =
+            Some(wire::FixDetails { heading_cdeg: Some(36_000), ..Default::default() });
+        let payload = wire::encode_report(&wire::Report { seq: 3, fixes });
+        let topic = Bytes::from("couriers/c1/locations");
+        let built = intake.build(&[(topic, Bytes::from(payload.clone()))], now).unwrap();
+
+        assert_eq!(built.commit.track.len(), 2, "fixes 0 and 5 are kept");
+        assert_eq!(built.acks.get("c1"), Some(&3));
+        let letters = &built.commit.dead_letters;
+        let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+        assert_eq!(reasons, ["coordinates_out_of_range", "detail_out_of_range"]);
+        assert!(letters.iter().all(|l| l.payload == payload), "never a rebuilt report");
+        let detail = &letters[0].detail;
+        assert!(detail.starts_with("9 of the report's 12 fixes refused"), "{detail}");
+        assert!(detail.contains("fixes[1]: coordinates out of range"), "{detail}");
+        assert!(detail.ends_with("; and 4 more"), "{detail}");
+        assert!(!detail.contains("fixes[5]") && !detail.contains("fixes[7]"), "{detail}");
+        assert!(
+            letters[1].detail.contains("fixes[7]: heading out of range"),
+            "{}",
+            letters[1].detail
+        );
+    }
+
+    #[test]
     fn build_fixes_validates_and_never_moves_the_last_location_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -567,7 +636,8 @@ mod tests {
                 fix: Fix::from_degrees(ts, lat, 2.0),
                 attributes: vec![],
             };
-            (fix, format!("line {ts}"))
+            let input = format!("input {ts}").into_bytes();
+            (fix, BackfillSource { where_from: format!("line {ts}"), input })
         };
         let live = intake.build_fixes(vec![pending(now, 41.0)], now, "t").unwrap();
         store.apply(&live.commit).unwrap();
@@ -580,5 +650,6 @@ mod tests {
         let letter = &built.commit.dead_letters[0];
         assert_eq!(letter.reason, "coordinates_out_of_range");
         assert!(letter.detail.starts_with(&format!("line {}: ", old + 1)), "{}", letter.detail);
+        assert_eq!(letter.payload, format!("input {}", old + 1).into_bytes(), "the input as read");
     }
 }

@@ -1,4 +1,9 @@
 //! Validation of reports and fixes, each problem with a stable reason code.
+//!
+//! Enters: a raw MQTT payload ([`decode_report`]) or one decoded fix ([`check_fix`]) with the
+//! pipeline's config. Leaves: the report, or the problem. A fix that passes [`check_fix`] has
+//! every field inside the ranges `sdk/WIRE.md` documents (`Fix::out_of_range` is `None`) and a
+//! device time inside the configured window.
 
 use crate::config::PipelineConfig;
 use locus_sdk::wire::{self, Fix, Report, WireError};
@@ -84,7 +89,7 @@ pub enum FixProblem {
     /// An order id that is not a valid id.
     #[error("order id is not 1-64 characters of letters, digits, - _ . :")]
     BadOrderId,
-    /// Heading outside 0..360° or battery above 100%.
+    /// Heading above 359.99° (35999 hundredths) or battery above 100%.
     #[error("{0} out of range")]
     DetailOutOfRange(&'static str),
 }
@@ -143,10 +148,10 @@ pub fn check_fix(fix: &Fix, now_ms: u64, config: &PipelineConfig) -> Result<(), 
         if details.order.as_deref().is_some_and(|o| !locus_sdk::topics::is_valid_id(o)) {
             return Err(FixProblem::BadOrderId);
         }
-        if details.heading_cdeg.is_some_and(|h| h >= 36_000) {
+        if details.heading_cdeg.is_some_and(|h| h > wire::MAX_HEADING_CDEG) {
             return Err(FixProblem::DetailOutOfRange("heading"));
         }
-        if details.battery_pct.is_some_and(|b| b > 100) {
+        if details.battery_pct.is_some_and(|b| b > wire::MAX_BATTERY_PCT) {
             return Err(FixProblem::DetailOutOfRange("battery"));
         }
     }

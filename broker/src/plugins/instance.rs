@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use locus_sdk::wire::{degrees_to_e7, Fix as WireFix, FixDetails};
+use locus_sdk::wire::{self, Fix as WireFix, FixDetails};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -354,32 +354,30 @@ pub(crate) fn from_guest(original: &PendingFix, fix: Fix) -> Result<PendingFix, 
             original.courier, fix.courier
         ));
     }
-    let lat_e7 = degrees_to_e7(fix.lat)
-        .filter(|_| (-90.0..=90.0).contains(&fix.lat))
+    // The same conversions as the JSON view's: out-of-range values are refused, never wrapped.
+    let lat_e7 = wire::latitude_to_e7(fix.lat)
         .ok_or_else(|| format!("returned latitude {} (must be -90..=90)", fix.lat))?;
-    let lon_e7 = degrees_to_e7(fix.lon)
-        .filter(|_| (-180.0..=180.0).contains(&fix.lon))
+    let lon_e7 = wire::longitude_to_e7(fix.lon)
         .ok_or_else(|| format!("returned longitude {} (must be -180..=180)", fix.lon))?;
     let centi = |what: &str, value: Option<f64>| -> Result<Option<u32>, String> {
-        match value {
-            None => Ok(None),
-            Some(v) if v.is_finite() && v >= 0.0 && v * 100.0 <= f64::from(u32::MAX) => {
-                Ok(Some((v * 100.0).round() as u32))
-            }
-            Some(v) => Err(format!("returned {what} {v} (must be finite and >= 0)")),
-        }
+        value
+            .map(|v| {
+                wire::metres_to_cm(v)
+                    .ok_or_else(|| format!("returned {what} {v} (must be 0..=42949672.95)"))
+            })
+            .transpose()
     };
     let accuracy_cm = centi("accuracy", fix.accuracy_m)?;
     let speed_cm_s = centi("speed", fix.speed_m_s)?;
-    let heading_cdeg = match fix.heading_deg {
-        None => None,
-        Some(h) if h.is_finite() => {
-            Some(((h.rem_euclid(360.0) * 100.0).round() as u32 % 36_000) as u16)
-        }
-        Some(h) => return Err(format!("returned heading {h} (must be finite)")),
-    };
+    let heading_cdeg = fix
+        .heading_deg
+        .map(|h| {
+            wire::heading_deg_to_cdeg(h)
+                .ok_or_else(|| format!("returned heading {h} (must be 0 <= heading < 360)"))
+        })
+        .transpose()?;
     if let Some(battery) = fix.battery_pct {
-        if battery > 100 {
+        if wire::battery_pct_checked(battery).is_none() {
             return Err(format!("returned battery {battery}% (must be 0..=100)"));
         }
     }

@@ -300,20 +300,7 @@ pub fn test_plugin(
     settings.validate()?;
     let host = PluginHost::new(&PluginHostConfig::default())?;
     let compiled = host.compile(bytes)?;
-    let pending = fixes
-        .into_iter()
-        .enumerate()
-        .map(|(i, fix)| {
-            let original = PendingFix {
-                courier: fix.courier.clone(),
-                fix: locus_sdk::wire::Fix { ts_ms: 0, lat_e7: 0, lon_e7: 0, details: None },
-                attributes: Vec::new(),
-            };
-            from_guest(&original, test_fix_to_guest(fix)).map_err(|problem| {
-                PluginError::Run(format!("input fix {i}: {}", problem.replacen("returned ", "", 1)))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let pending = test_fixes_to_pending(fixes)?;
     let mut instance = PluginInstance::start(&host, &compiled, "test".into(), settings, true)?;
     let guest: Vec<Fix> = pending.iter().map(to_guest).collect();
     let outcomes = instance.process(&guest).map_err(|failure| PluginError::Run(failure.reason))?;
@@ -331,6 +318,31 @@ pub fn test_plugin(
     Ok(TestReport { outcomes, logs: instance.take_captured_logs() })
 }
 
+/// The input fixes of `locusd plugin test` as the server would hand them to a plugin, checked as
+/// the server checks a plugin's output (ranges, ids, attribute limits).
+pub fn test_fixes_to_pending(fixes: Vec<TestFix>) -> Result<Vec<PendingFix>, PluginError> {
+    fixes
+        .into_iter()
+        .enumerate()
+        .map(|(i, fix)| {
+            let original = PendingFix {
+                courier: fix.courier.clone(),
+                fix: locus_sdk::wire::Fix { ts_ms: 0, lat_e7: 0, lon_e7: 0, details: None },
+                attributes: Vec::new(),
+            };
+            from_guest(&original, test_fix_to_guest(fix)).map_err(|problem| {
+                PluginError::Run(format!("input fix {i}: {}", problem.replacen("returned ", "", 1)))
+            })
+        })
+        .collect()
+}
+
+/// Parses the `--input` of `locusd plugin test`: a JSON array of [`TestFix`]es.
+pub fn parse_test_fixes(fixes_json: &str) -> Result<Vec<TestFix>, PluginError> {
+    serde_json::from_str(fixes_json)
+        .map_err(|e| PluginError::Run(format!("input is not a JSON array of fixes: {e}")))
+}
+
 /// [`test_plugin`] over a JSON array of [`TestFix`]es, answering pretty JSON of a
 /// [`TestReport`].
 pub fn test_plugin_json(
@@ -338,8 +350,7 @@ pub fn test_plugin_json(
     settings: &PluginSettings,
     fixes_json: &str,
 ) -> Result<String, PluginError> {
-    let fixes: Vec<TestFix> = serde_json::from_str(fixes_json)
-        .map_err(|e| PluginError::Run(format!("input is not a JSON array of fixes: {e}")))?;
+    let fixes = parse_test_fixes(fixes_json)?;
     let report = test_plugin(bytes, settings, fixes)?;
     serde_json::to_string_pretty(&report).map_err(|e| PluginError::Run(e.to_string()))
 }

@@ -29,6 +29,8 @@ pub struct DeadLetter {
     pub courier: Option<String>,
     /// Server time, Unix milliseconds.
     pub received_ms: u64,
-    /// The offending bytes (the whole payload, or the one fix re-encoded).
+    /// The offending bytes as received: the MQTT payload (also when only some of its fixes were
+    /// refused; `detail` names them), or the input line of a replay. For a plugin's letter, the
+    /// fix as the plugin saw it (postcard of the wire `Fix`).
     pub payload: Vec<u8>,
 }

@@ -46,9 +46,9 @@ pub struct FixInput {
     pub accuracy_m: Option<f64>,
     /// Ground speed, metres per second.
     pub speed_m_s: Option<f64>,
-    /// Heading, degrees clockwise from true north.
+    /// Heading, degrees clockwise from true north, 0 <= heading < 360 (others are refused).
     pub heading_deg: Option<f64>,
-    /// Battery level, percent.
+    /// Battery level, percent, 0..=100.
     pub battery_pct: Option<u8>,
     /// The order being carried.
     pub order: Option<String>,
@@ -411,7 +411,7 @@ mod tests {
             lon: 2.1734,
             accuracy_m: Some(4.5),
             speed_m_s: Some(8.25),
-            heading_deg: Some(-90.0),
+            heading_deg: Some(270.0),
             battery_pct: Some(76),
             order: Some("order-42".into()),
         }
@@ -424,6 +424,12 @@ mod tests {
         assert_eq!(details.heading_cdeg, Some(27_000));
         let err = FixInput::new(f64::NAN, 0.0).to_wire().unwrap_err().to_string();
         assert!(err.contains("lat"), "{err}");
+        // Out of range is refused, never wrapped: -90° is not quietly 270°.
+        let west = FixInput { heading_deg: Some(-90.0), ..FixInput::new(1.0, 2.0) };
+        let err = west.to_wire().unwrap_err().to_string();
+        assert!(err.contains("heading"), "{err}");
+        let full = FixInput { battery_pct: Some(101), ..FixInput::new(1.0, 2.0) };
+        assert!(full.to_wire().unwrap_err().to_string().contains("battery"));
         let plain = FixInput::new(1.0, 2.0).to_wire().unwrap();
         assert!(plain.details.is_none());
         assert!(plain.ts_ms > 1_700_000_000_000);

@@ -1,14 +1,19 @@
 //! The JSON view of wire messages, for people, tools and other languages.
 //!
 //! Units are the natural ones (degrees, metres, m/s, degrees, percent); converting to the wire
-//! rounds to its fixed point. Unknown JSON keys are refused so typos do not silently drop data.
+//! rounds to its fixed point and refuses values outside their documented ranges (never wraps
+//! them). Unknown JSON keys are refused so typos do not silently drop data.
 //!
 //! ```json
 //! {"seq":1,"fixes":[{"ts":1763700000000,"lat":41.3851,"lon":2.1734}]}   // a report
 //! {"seq":1}                                                            // an ack
 //! ```
 
-use super::{degrees_to_e7, Ack, Fix, FixDetails, Message, Report};
+use super::{
+    battery_pct_checked, heading_deg_to_cdeg, latitude_to_e7, longitude_to_e7, metres_to_cm, Ack,
+    Fix, FixDetails, Message, Report,
+};
+use crate::topics::is_valid_id;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
@@ -47,20 +52,20 @@ pub struct AckJson {
 pub struct FixJson {
     /// Device time, Unix milliseconds.
     pub ts: u64,
-    /// Latitude, degrees.
+    /// Latitude, degrees (-90..=90).
     pub lat: f64,
-    /// Longitude, degrees.
+    /// Longitude, degrees (-180..=180).
     pub lon: f64,
-    /// Horizontal accuracy, metres.
+    /// Horizontal accuracy, metres (0..=42949672.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
-    /// Ground speed, metres per second.
+    /// Ground speed, metres per second (0..=42949672.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<f64>,
-    /// Heading, degrees clockwise from true north.
+    /// Heading, degrees clockwise from true north (0 <= heading < 360).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heading: Option<f64>,
-    /// Battery level, percent.
+    /// Battery level, percent (0..=100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery: Option<u8>,
     /// Order id.
@@ -68,13 +73,16 @@ pub struct FixJson {
     pub order: Option<String>,
 }
 
-/// A JSON value that does not fit the wire format.
+/// A JSON value outside the range the wire format documents for it (see `WIRE.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonValueError {
     /// The JSON field, for example `fixes[2].lat`.
     pub field: String,
     /// What is wrong with it.
     pub problem: &'static str,
+    /// The server's dead-letter reason for the same problem (`coordinates_out_of_range`,
+    /// `detail_out_of_range`, `bad_order_id`), so tools that convert JSON report it the same way.
+    pub code: &'static str,
 }
 
 impl core::fmt::Display for JsonValueError {
@@ -86,57 +94,61 @@ impl core::fmt::Display for JsonValueError {
 #[cfg(feature = "std")]
 impl std::error::Error for JsonValueError {}
 
-fn field_error(index: usize, name: &str, problem: &'static str) -> JsonValueError {
-    JsonValueError { field: alloc::format!("fixes[{index}].{name}"), problem }
-}
-
-/// An angle in 0..360 (`rem_euclid` needs `std`).
-fn normalize_degrees(deg: f64) -> f64 {
-    let r = deg % 360.0;
-    if r < 0.0 {
-        r + 360.0
-    } else {
-        r
-    }
-}
-
-/// Scales a non-negative quantity to the wire's integer unit.
-fn scaled_unsigned<T: TryFrom<u64>>(value: f64, scale: f64) -> Option<T> {
-    let scaled = super::round_half_away(value * scale);
-    if !(scaled.is_finite() && scaled >= 0.0 && scaled <= u64::MAX as f64) {
-        return None;
-    }
-    T::try_from(scaled as u64).ok()
-}
+const COORDINATES: &str = "coordinates_out_of_range";
+const DETAIL: &str = "detail_out_of_range";
 
 impl FixJson {
-    /// Converts to the wire form. Values must fit the wire's types; whether they are plausible
-    /// (on the globe, recent) is the server's validation.
+    /// Converts to the wire form, refusing (never wrapping or clamping) any value outside its
+    /// documented range: latitude -90..=90, longitude -180..=180, accuracy and speed
+    /// 0..=42949672.95, heading 0 <= h < 360, battery 0..=100, order a valid id. The device time
+    /// is not checked here: its window is the server's configuration.
     pub fn to_wire(&self, index: usize) -> Result<Fix, JsonValueError> {
-        let lat_e7 = degrees_to_e7(self.lat)
-            .ok_or_else(|| field_error(index, "lat", "not a finite number of degrees in ±214"))?;
-        let lon_e7 = degrees_to_e7(self.lon)
-            .ok_or_else(|| field_error(index, "lon", "not a finite number of degrees in ±214"))?;
+        let error = |name: &str, problem: &'static str, code: &'static str| JsonValueError {
+            field: alloc::format!("fixes[{index}].{name}"),
+            problem,
+            code,
+        };
+        let lat_e7 = latitude_to_e7(self.lat)
+            .ok_or_else(|| error("lat", "must be a number of degrees in -90..=90", COORDINATES))?;
+        let lon_e7 = longitude_to_e7(self.lon).ok_or_else(|| {
+            error("lon", "must be a number of degrees in -180..=180", COORDINATES)
+        })?;
         let accuracy_cm = self
             .accuracy
-            .map(|m| scaled_unsigned(m, 100.0))
-            .map(|v| v.ok_or_else(|| field_error(index, "accuracy", "must be 0..42949672 m")))
+            .map(|m| {
+                metres_to_cm(m)
+                    .ok_or_else(|| error("accuracy", "must be 0..=42949672.95 m", DETAIL))
+            })
             .transpose()?;
         let speed_cm_s = self
             .speed
-            .map(|v| scaled_unsigned(v, 100.0))
-            .map(|v| v.ok_or_else(|| field_error(index, "speed", "must be 0..42949672 m/s")))
+            .map(|v| {
+                metres_to_cm(v).ok_or_else(|| error("speed", "must be 0..=42949672.95 m/s", DETAIL))
+            })
             .transpose()?;
         let heading_cdeg = self
             .heading
-            .map(|deg| scaled_unsigned::<u16>(normalize_degrees(deg), 100.0).map(|c| c % 36_000))
-            .map(|v| v.ok_or_else(|| field_error(index, "heading", "must be a finite number")))
+            .map(|deg| {
+                heading_deg_to_cdeg(deg).ok_or_else(|| {
+                    error("heading", "must be degrees with 0 <= heading < 360", DETAIL)
+                })
+            })
             .transpose()?;
+        let battery_pct = self
+            .battery
+            .map(|pct| {
+                battery_pct_checked(pct).ok_or_else(|| error("battery", "must be 0..=100", DETAIL))
+            })
+            .transpose()?;
+        if self.order.as_deref().is_some_and(|o| !is_valid_id(o)) {
+            let problem = "must be 1-64 characters of letters, digits, - _ . :";
+            return Err(error("order", problem, "bad_order_id"));
+        }
         let details = FixDetails {
             accuracy_cm,
             speed_cm_s,
             heading_cdeg,
-            battery_pct: self.battery,
+            battery_pct,
             order: self.order.clone(),
         };
         Ok(Fix {

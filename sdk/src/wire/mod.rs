@@ -1,9 +1,15 @@
 //! The Locus wire format: versioned, compact postcard.
 //!
 //! Every message on the wire is one version byte ([`VERSION`]) followed by the postcard encoding
-//! of a [`Message`] (whose first byte is the variant: `0` = report, `1` = ack). Integers are
-//! varints, coordinates are fixed-point (1e-7 degree, about 1 cm), optional fields cost one byte
-//! when absent, so a one-fix report without details is at most 24 bytes.
+//! of a [`Message`] (whose first byte is the variant: `0` = report, `1` = ack). Integers wider than
+//! a byte are varints (`battery_pct`, a `u8`, is one raw byte), coordinates are fixed-point (1e-7
+//! degree, about 1 cm), optional fields cost one byte when absent, so a one-fix report without
+//! details is at most 24 bytes.
+//!
+//! The valid range of every field is a constant here ([`LAT_E7_RANGE`], [`MAX_HEADING_CDEG`],
+//! ...), checked by the server ([`Fix::out_of_range`]) and by every conversion from natural units
+//! ([`latitude_to_e7`], [`heading_deg_to_cdeg`], ...), which refuse out-of-range values instead
+//! of wrapping or clamping them.
 //!
 //! The JSON view of the same messages ([`json`]) is what people and other tools see; `WIRE.md`
 //! beside this crate lists test vectors (hex ⇄ JSON) that `tests/wire_vectors.rs` checks.
@@ -20,6 +26,19 @@ pub const VERSION: u8 = 1;
 
 /// Fixed-point scale of latitude and longitude: 1 unit = 1e-7 degree.
 pub const COORD_SCALE: f64 = 1e7;
+
+/// Valid [`Fix::lat_e7`], inclusive: -90° to 90°.
+pub const LAT_E7_RANGE: core::ops::RangeInclusive<i32> = -900_000_000..=900_000_000;
+
+/// Valid [`Fix::lon_e7`], inclusive: -180° to 180°.
+pub const LON_E7_RANGE: core::ops::RangeInclusive<i32> = -1_800_000_000..=1_800_000_000;
+
+/// Largest valid [`FixDetails::heading_cdeg`] (359.99°), inclusive; the range starts at 0.
+/// 36000 (360°) is refused: it is north, which is 0.
+pub const MAX_HEADING_CDEG: u16 = 35_999;
+
+/// Largest valid [`FixDetails::battery_pct`], inclusive; the range starts at 0.
+pub const MAX_BATTERY_PCT: u8 = 100;
 
 /// Any Locus wire message. New variants are only ever appended, so existing tags keep their
 /// meaning within a [`VERSION`].
@@ -48,9 +67,9 @@ pub struct Report {
 pub struct Fix {
     /// Device time of the fix, Unix milliseconds.
     pub ts_ms: u64,
-    /// Latitude in 1e-7 degrees (valid: ±900_000_000).
+    /// Latitude in 1e-7 degrees (valid: [`LAT_E7_RANGE`], ±900_000_000 inclusive).
     pub lat_e7: i32,
-    /// Longitude in 1e-7 degrees (valid: ±1_800_000_000).
+    /// Longitude in 1e-7 degrees (valid: [`LON_E7_RANGE`], ±1_800_000_000 inclusive).
     pub lon_e7: i32,
     /// Optional details; `None` costs one byte.
     pub details: Option<FixDetails>,
@@ -59,15 +78,17 @@ pub struct Fix {
 /// The optional parts of a fix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FixDetails {
-    /// Horizontal accuracy radius, centimetres.
+    /// Horizontal accuracy radius, centimetres (any `u32`).
     pub accuracy_cm: Option<u32>,
-    /// Ground speed, centimetres per second.
+    /// Ground speed, centimetres per second (any `u32`).
     pub speed_cm_s: Option<u32>,
-    /// Heading, hundredths of a degree clockwise from true north (0..36000).
+    /// Heading, hundredths of a degree clockwise from true north (valid: 0 to
+    /// [`MAX_HEADING_CDEG`] = 35999, inclusive).
     pub heading_cdeg: Option<u16>,
-    /// Battery level, percent (0..=100).
+    /// Battery level, percent (valid: 0 to [`MAX_BATTERY_PCT`] = 100, inclusive). One raw byte
+    /// on the wire, not a varint.
     pub battery_pct: Option<u8>,
-    /// The order the courier is carrying, if any.
+    /// The order the courier is carrying, if any (valid: [`crate::topics::is_valid_id`]).
     pub order: Option<String>,
 }
 
@@ -217,8 +238,30 @@ impl Fix {
 
     /// Whether latitude and longitude are on the globe.
     pub fn coordinates_in_range(&self) -> bool {
-        (-900_000_000..=900_000_000).contains(&self.lat_e7)
-            && (-1_800_000_000..=1_800_000_000).contains(&self.lon_e7)
+        LAT_E7_RANGE.contains(&self.lat_e7) && LON_E7_RANGE.contains(&self.lon_e7)
+    }
+
+    /// The first field outside its documented range, as its JSON name (`lat`, `lon`,
+    /// `heading`, `battery`, `order`), or `None` when every field is valid. The device time is
+    /// not checked: its window is the server's configuration.
+    pub fn out_of_range(&self) -> Option<&'static str> {
+        if !LAT_E7_RANGE.contains(&self.lat_e7) {
+            return Some("lat");
+        }
+        if !LON_E7_RANGE.contains(&self.lon_e7) {
+            return Some("lon");
+        }
+        let details = self.details.as_ref()?;
+        if details.heading_cdeg.is_some_and(|h| h > MAX_HEADING_CDEG) {
+            return Some("heading");
+        }
+        if details.battery_pct.is_some_and(|b| b > MAX_BATTERY_PCT) {
+            return Some("battery");
+        }
+        if details.order.as_deref().is_some_and(|o| !crate::topics::is_valid_id(o)) {
+            return Some("order");
+        }
+        None
     }
 
     /// The order id, if the fix carries one.
@@ -232,6 +275,45 @@ pub fn degrees_to_e7(degrees: f64) -> Option<i32> {
     let scaled = round_half_away(degrees * COORD_SCALE);
     (scaled.is_finite() && scaled >= f64::from(i32::MIN) && scaled <= f64::from(i32::MAX))
         .then_some(scaled as i32)
+}
+
+/// Latitude degrees to the wire's fixed point, `None` unless finite and, once rounded to 1e-7°,
+/// within ±90° inclusive.
+pub fn latitude_to_e7(degrees: f64) -> Option<i32> {
+    degrees_to_e7(degrees).filter(|e7| LAT_E7_RANGE.contains(e7))
+}
+
+/// Longitude degrees to the wire's fixed point, `None` unless finite and, once rounded to 1e-7°,
+/// within ±180° inclusive.
+pub fn longitude_to_e7(degrees: f64) -> Option<i32> {
+    degrees_to_e7(degrees).filter(|e7| LON_E7_RANGE.contains(e7))
+}
+
+/// Heading degrees to the wire's hundredths, `None` unless finite and `0 <= degrees < 360`
+/// (refused, never wrapped: -90 or 400 is a bug upstream, not a direction). Rounds to 0.01°; an
+/// in-range heading that rounds up to 360.00 (from 359.995) is 0, the same direction.
+pub fn heading_deg_to_cdeg(degrees: f64) -> Option<u16> {
+    if !(degrees.is_finite() && (0.0..360.0).contains(&degrees)) {
+        return None;
+    }
+    let cdeg = round_half_away(degrees * 100.0) as u32;
+    Some(if cdeg > u32::from(MAX_HEADING_CDEG) { 0 } else { cdeg as u16 })
+}
+
+/// A non-negative metric quantity (metres for accuracy, m/s for speed) to the wire's centi-unit
+/// (cm, cm/s), rounded; `None` unless finite and 0 to 42,949,672.95 inclusive (`u32::MAX`
+/// hundredths).
+pub fn metres_to_cm(value: f64) -> Option<u32> {
+    if value.is_nan() || value < 0.0 {
+        return None; // -0.0 passes, as 0
+    }
+    let scaled = round_half_away(value * 100.0);
+    (scaled.is_finite() && scaled >= 0.0 && scaled <= f64::from(u32::MAX)).then_some(scaled as u32)
+}
+
+/// `battery` if it is a valid percentage (0 to 100 inclusive).
+pub fn battery_pct_checked(battery: u8) -> Option<u8> {
+    (battery <= MAX_BATTERY_PCT).then_some(battery)
 }
 
 /// `f64::round` without `std` (core has no float rounding): half away from zero. Values too
@@ -282,6 +364,26 @@ mod tests {
             }],
         };
         assert_eq!(decode_report(&encode_report(&report)), Ok(report));
+    }
+
+    #[test]
+    fn natural_units_outside_their_ranges_are_refused_not_wrapped() {
+        assert_eq!(heading_deg_to_cdeg(0.0), Some(0));
+        assert_eq!(heading_deg_to_cdeg(359.99), Some(MAX_HEADING_CDEG));
+        assert_eq!(heading_deg_to_cdeg(359.996), Some(0), "rounds to 360.00 = north");
+        for bad in [360.0, 400.0, -90.0, -0.001, f64::NAN, f64::INFINITY] {
+            assert_eq!(heading_deg_to_cdeg(bad), None, "{bad}");
+        }
+        assert_eq!(latitude_to_e7(-90.0), Some(-900_000_000));
+        assert_eq!(latitude_to_e7(90.000_000_1), None);
+        assert_eq!(longitude_to_e7(180.0), Some(1_800_000_000));
+        assert_eq!(longitude_to_e7(-180.000_000_1), None);
+        assert_eq!(metres_to_cm(42_949_672.95), Some(u32::MAX));
+        assert_eq!(metres_to_cm(42_949_672.96), None);
+        assert_eq!(metres_to_cm(-0.0), Some(0));
+        assert_eq!(metres_to_cm(-0.001), None);
+        assert_eq!(battery_pct_checked(100), Some(100));
+        assert_eq!(battery_pct_checked(101), None);
     }
 
     #[test]
