@@ -68,7 +68,8 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order the docs list them.
-    pub const ALL: [Role; 5] = [Role::Courier, Role::Admin, Role::Reader, Role::Merchant, Role::Order];
+    pub const ALL: [Role; 5] =
+        [Role::Courier, Role::Admin, Role::Reader, Role::Merchant, Role::Order];
 
     /// The role's name in tokens, the CLI and error messages.
     pub fn as_str(self) -> &'static str {
@@ -188,7 +189,12 @@ impl TokenAuthority {
     /// A new token for `role` and `subject`, refused from `expires_at_s` (Unix seconds) on.
     /// Callers check the subject (e.g. [`locus_sdk::topics::is_valid_id`]); any string is
     /// encoded unambiguously.
-    pub fn issue_with_expiry(&self, role: Role, subject: &str, expires_at_s: Option<u64>) -> String {
+    pub fn issue_with_expiry(
+        &self,
+        role: Role,
+        subject: &str,
+        expires_at_s: Option<u64>,
+    ) -> String {
         let id = hex::encode(rand::random::<[u8; 8]>());
         let expires = expires_at_s.unwrap_or(0).to_string();
         let subject = URL_SAFE_NO_PAD.encode(subject);
@@ -202,7 +208,9 @@ impl TokenAuthority {
     /// `locus1` tokens as well.
     pub fn verify(&self, role: Role, subject: &str, token: &str) -> Result<(), AuthError> {
         if let Some((id, mac)) = parse_legacy(token) {
-            self.mac_v1(role, subject, id).verify_truncated_left(&mac).map_err(|_| AuthError::Invalid)?;
+            self.mac_v1(role, subject, id)
+                .verify_truncated_left(&mac)
+                .map_err(|_| AuthError::Invalid)?;
             return self.check_revoked(id);
         }
         let claims = self.authenticate(token)?;
@@ -366,8 +374,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Debug)]
 struct RevocationList {
     path: PathBuf,
-    cache: Mutex<(Option<(SystemTime, u64)>, HashSet<String>)>,
+    cache: Mutex<(Option<FileVersion>, HashSet<String>)>,
 }
+
+/// A file's modification time and length: changes when anyone appends to it.
+type FileVersion = (SystemTime, u64);
 
 impl RevocationList {
     fn new(path: PathBuf) -> Self {
@@ -375,9 +386,7 @@ impl RevocationList {
     }
 
     fn contains(&self, id: &str) -> bool {
-        let version = std::fs::metadata(&self.path)
-            .and_then(|m| Ok((m.modified()?, m.len())))
-            .ok();
+        let version = std::fs::metadata(&self.path).and_then(|m| Ok((m.modified()?, m.len()))).ok();
         let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if cache.0 != version {
             let ids = std::fs::read_to_string(&self.path).unwrap_or_default();

@@ -145,7 +145,8 @@ pub(super) async fn authorize(
     };
     let (mut parts, body) = request.into_parts();
     let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
-    let id_in_path = params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == "id")).map(|(_, v)| v);
+    let id_in_path =
+        params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == "id")).map(|(_, v)| v);
     if grants.iter().any(|grant| grant.allows(&claims, id_in_path)) {
         return next.run(Request::from_parts(parts, body)).await;
     }
@@ -165,8 +166,7 @@ fn unauthorized(message: &str, error: Option<&str>) -> Response {
         Some(error) => format!("Bearer realm=\"locus\", error=\"{error}\""),
         None => "Bearer realm=\"locus\"".to_owned(),
     };
-    let challenge =
-        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+    let challenge = HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, challenge)],
@@ -190,9 +190,11 @@ fn forbidden(grants: &[Grant], claims: &Claims) -> Response {
             Grant::OrderInPath => Role::Order.as_str(),
         })
         .collect();
-    let challenge = format!("Bearer realm=\"locus\", error=\"insufficient_scope\", scope=\"{}\"", scope.join(" "));
-    let challenge =
-        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
+    let challenge = format!(
+        "Bearer realm=\"locus\", error=\"insufficient_scope\", scope=\"{}\"",
+        scope.join(" ")
+    );
+    let challenge = HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer"));
     (
         StatusCode::FORBIDDEN,
         [(header::WWW_AUTHENTICATE, challenge)],
@@ -209,10 +211,19 @@ mod tests {
     fn every_route_is_listed_once_and_courier_tokens_get_no_route() {
         let mut seen = std::collections::HashSet::new();
         for route in ROUTES {
-            assert!(seen.insert((route.method.clone(), route.path)), "{} {} twice", route.method, route.path);
+            assert!(
+                seen.insert((route.method.clone(), route.path)),
+                "{} {} twice",
+                route.method,
+                route.path
+            );
             if let Access::Token(grants) = route.access {
                 assert!(!grants.contains(&R(Role::Courier)), "{} {}", route.method, route.path);
-                assert!(grants.contains(&R(Role::Admin)), "admin may use everything: {}", route.path);
+                assert!(
+                    grants.contains(&R(Role::Admin)),
+                    "admin may use everything: {}",
+                    route.path
+                );
             }
         }
         assert_eq!(access_of(&Method::GET, "/not/listed"), ADMIN);
