@@ -374,8 +374,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[derive(Debug)]
 struct RevocationList {
     path: PathBuf,
-    cache: Mutex<(Option<(SystemTime, u64)>, HashSet<String>)>,
+    cache: Mutex<(Option<FileVersion>, HashSet<String>)>,
 }
+
+/// A file's modification time and length: changes when anyone appends to it.
+type FileVersion = (SystemTime, u64);
 
 impl RevocationList {
     fn new(path: PathBuf) -> Self {

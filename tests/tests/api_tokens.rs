@@ -66,9 +66,12 @@ fn every_route_answers_each_scope_as_its_table_row_says() {
         (Role::Admin, "admin".to_owned(), server.admin_token().to_owned()),
         (Role::Courier, ID.to_owned(), server.issue_token(ID)),
     ];
-    for (role, subject) in
-        [(Role::Reader, None), (Role::Merchant, Some("shop-1")), (Role::Order, Some(ID)), (Role::Order, Some("x-2"))]
-    {
+    for (role, subject) in [
+        (Role::Reader, None),
+        (Role::Merchant, Some("shop-1")),
+        (Role::Order, Some(ID)),
+        (Role::Order, Some("x-2")),
+    ] {
         let mut args = vec!["issue", "--role", role.as_str()];
         args.extend(subject);
         let token = server.token_command(&args);
@@ -201,7 +204,8 @@ fn tokens_of_the_previous_release_keep_working() {
     server.restart();
     let (status, _) = call(&server, "GET", "/v1/dead-letters", Some(LEGACY_ADMIN));
     assert_eq!(status, 200, "a locus1 admin token");
-    TestCourier::connect(server.mqtt, "c1", Some(LEGACY_COURIER_C1)).expect("a locus1 courier token");
+    TestCourier::connect(server.mqtt, "c1", Some(LEGACY_COURIER_C1))
+        .expect("a locus1 courier token");
     assert!(TestCourier::connect(server.mqtt, "c2", Some(LEGACY_COURIER_C1)).is_err());
     // Revoking an old token works as before.
     let (ok, _, stderr) = token_cli(&server, &["revoke", LEGACY_ADMIN]);
