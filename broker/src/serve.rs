@@ -49,7 +49,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let plugins = start_plugins(&config, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
 
-    let link = crate::mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), metrics.clone())?;
+    let link =
+        crate::mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), metrics.clone())?;
     let pipeline = PipelineHandle::start(intake, link)?;
 
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
@@ -136,9 +137,9 @@ async fn bind_http(
     addr: std::net::SocketAddr,
     setting: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {addr} (set {setting} to a free address)"))
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for HTTP on {addr} (set {setting} to a free address)")
+    })
 }
 
 /// Loads the deployed plugins (sled tree `plugins`) and the plugins directory. A plugin that

@@ -196,7 +196,8 @@ fn tls_only_server_works_with_mosquitto_curl_and_the_sdk() {
 
     // The SDK over TLS, trusting the test CA.
     let sdk_dir = tempfile::tempdir().expect("temp dir");
-    let courier = sdk_courier(&pki, addrs.mqtt, "tls-2", &server.issue_token("tls-2"), sdk_dir.path());
+    let courier =
+        sdk_courier(&pki, addrs.mqtt, "tls-2", &server.issue_token("tls-2"), sdk_dir.path());
     for i in 0..3 {
         courier.report(FixInput { ts_ms: Some(ts + i), ..FixInput::new(41.39, 2.17) }).unwrap();
     }
@@ -250,7 +251,8 @@ fn garbage_on_the_tls_ports_does_not_disturb_tls_clients() {
 
     // New TLS clients are still accepted on every TLS port.
     let payload = wire::encode_report(&report(1, ts + 100, 41.4, 2.2));
-    let published = mosquitto_pub_tls(&pki, addrs.mqtt.port(), "late", &server.issue_token("late"), &payload);
+    let published =
+        mosquitto_pub_tls(&pki, addrs.mqtt.port(), "late", &server.issue_token("late"), &payload);
     assert!(published.status.success(), "{published:?}");
     wait_for("the late courier's location", || {
         Some(()).filter(|_| server.get("/v1/couriers/late/location").0 == 200)

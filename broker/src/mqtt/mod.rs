@@ -107,7 +107,10 @@ pub fn start(
             ("mqtt-3.1.1", config.listen, None),
             ("mqtt-3.1.1-tls", config.tls_listen, tls.clone()),
         ]),
-        v5: servers([("mqtt-5", config.listen_v5, None), ("mqtt-5-tls", config.tls_listen_v5, tls)]),
+        v5: servers([
+            ("mqtt-5", config.listen_v5, None),
+            ("mqtt-5-tls", config.tls_listen_v5, tls),
+        ]),
         ..Default::default()
     };
 
