@@ -21,6 +21,7 @@ step() { printf '\n==> %s\n' "$*"; }
 need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)   # tests/tls.rs: HTTPS with --cacert
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   sudo_cmd=""

@@ -20,6 +20,9 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The HTTP API.
     pub http: HttpConfig,
+    /// Certificate and key of the TLS listeners (`[mqtt] tls_listen*`, `[http] tls_listen`);
+    /// absent = no TLS. One section for all of them: they are one server with one name.
+    pub tls: Option<TlsConfig>,
     /// Validation and batching of incoming reports.
     pub pipeline: PipelineConfig,
     /// The recent track kept per courier.
@@ -39,6 +42,7 @@ impl Default for Config {
             allow_anonymous: false,
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
+            tls: None,
             pipeline: PipelineConfig::default(),
             track: TrackConfig::default(),
             dead_letters: DeadLetterConfig::default(),
@@ -52,10 +56,19 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// MQTT 3.1.1 listener.
-    pub listen: SocketAddr,
-    /// MQTT 5 listener (rumqttd serves each protocol version on its own port); none = off.
+    /// MQTT 3.1.1 plain-text listener; `"off"` (`None`) = none.
+    #[serde(with = "listener")]
+    pub listen: Option<SocketAddr>,
+    /// MQTT 5 plain-text listener (rumqttd serves each protocol version on its own port);
+    /// `"off"` = none.
+    #[serde(with = "listener")]
     pub listen_v5: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS (conventionally port 8883), with `[tls]`'s certificate; default off.
+    #[serde(with = "listener")]
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT 5 over TLS, with `[tls]`'s certificate; default off.
+    #[serde(with = "listener")]
+    pub tls_listen_v5: Option<SocketAddr>,
     /// Largest MQTT packet, bytes (payload, topic and packet fields). The broker closes the
     /// connection of a larger PUBLISH, so `[pipeline] max_report_bytes` must fit under it with
     /// room for the topic (checked at start).
@@ -79,8 +92,10 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             listen_v5: Some(SocketAddr::from(([127, 0, 0, 1], 1884))),
+            tls_listen: None,
+            tls_listen_v5: None,
             max_payload_bytes: locus_sdk::wire::limits::DEFAULT_MAX_PACKET_BYTES,
             max_connections: 100_000,
             max_inflight: 100,
@@ -99,15 +114,73 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the HTTP API.
-    pub listen: SocketAddr,
+    /// Plain-text HTTP address of the API; `"off"` = none.
+    #[serde(with = "listener")]
+    pub listen: Option<SocketAddr>,
+    /// HTTPS address of the API (conventionally port 8443 or 443), with `[tls]`'s certificate;
+    /// default off.
+    #[serde(with = "listener")]
+    pub tls_listen: Option<SocketAddr>,
     /// Largest page `GET /v1/couriers/{id}/track` and `GET /v1/dead-letters` return.
     pub max_page: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_page: 10_000 }
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tls_listen: None,
+            max_page: 10_000,
+        }
+    }
+}
+
+/// `[tls]`: the server's certificate for every TLS listener. Both keys are required when the
+/// section is present; the files are read (and checked) at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's certificate first (no default).
+    pub cert_path: PathBuf,
+    /// PEM file with the certificate's private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    /// (no default).
+    pub key_path: PathBuf,
+}
+
+/// Listener addresses in TOML and on the command line: `"HOST:PORT"`, or `"off"` for none
+/// (TOML has no null, and an absent key means the default).
+pub mod listener {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    /// The word that turns a listener off.
+    pub const OFF: &str = "off";
+
+    /// Parses `"HOST:PORT"` (an IP address and a port) or `"off"`.
+    pub fn parse(text: &str) -> Result<Option<SocketAddr>, String> {
+        if text.trim().eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            format!("invalid listen address `{text}`: expected IP:PORT (e.g. 127.0.0.1:1883) or \"off\"")
+        })
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        addr: &Option<SocketAddr>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => serializer.collect_str(addr),
+            None => serializer.serialize_str(OFF),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -245,12 +318,7 @@ impl Config {
                 "track.prune_interval_s must be at least 1".into(),
             ));
         }
-        if Some(self.mqtt.listen) == self.mqtt.listen_v5 {
-            return Err(ConfigError::Inconsistent(format!(
-                "mqtt.listen and mqtt.listen_v5 are both {}; give MQTT 5 its own port",
-                self.mqtt.listen
-            )));
-        }
+        self.check_listeners()?;
         Ok(())
     }
 
@@ -287,6 +355,65 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Every listener by its key, `None` when off.
+    fn listeners(&self) -> [(&'static str, Option<SocketAddr>); 6] {
+        [
+            ("mqtt.listen", self.mqtt.listen),
+            ("mqtt.listen_v5", self.mqtt.listen_v5),
+            ("mqtt.tls_listen", self.mqtt.tls_listen),
+            ("mqtt.tls_listen_v5", self.mqtt.tls_listen_v5),
+            ("http.listen", self.http.listen),
+            ("http.tls_listen", self.http.tls_listen),
+        ]
+    }
+
+    /// Listeners: no two on one address, at least one for devices and one for the API, and
+    /// TLS listeners only with a usable `[tls]` certificate and key.
+    fn check_listeners(&self) -> Result<(), ConfigError> {
+        let on: Vec<(&str, SocketAddr)> =
+            self.listeners().into_iter().filter_map(|(key, addr)| Some((key, addr?))).collect();
+        for (i, (key, addr)) in on.iter().enumerate() {
+            // Port 0 = any free port, chosen by the system for each listener.
+            let clash = on[..i].iter().find(|(_, a)| a == addr && addr.port() != 0);
+            if let Some((other, _)) = clash {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{other} and {key} are both {addr}; give each listener its own port"
+                )));
+            }
+        }
+        // With no MQTT listener devices cannot report; with no HTTP listener nothing can read
+        // locations, health or metrics. Either is a mistake, never a useful server.
+        if !on.iter().any(|(key, _)| key.starts_with("mqtt.")) {
+            return Err(ConfigError::Inconsistent(
+                "every MQTT listener is off (mqtt.listen, mqtt.listen_v5, mqtt.tls_listen, \
+                 mqtt.tls_listen_v5): devices could not connect; set at least one to an address"
+                    .into(),
+            ));
+        }
+        if !on.iter().any(|(key, _)| key.starts_with("http.")) {
+            return Err(ConfigError::Inconsistent(
+                "every HTTP listener is off (http.listen, http.tls_listen): the API, health and \
+                 metrics would be unreachable; set at least one to an address"
+                    .into(),
+            ));
+        }
+        let tls_keys: Vec<&str> =
+            on.iter().map(|(key, _)| *key).filter(|key| key.contains("tls_listen")).collect();
+        match &self.tls {
+            None if !tls_keys.is_empty() => Err(ConfigError::Inconsistent(format!(
+                "{} set but there is no [tls] section: TLS listeners need \
+                 [tls] cert_path and key_path (PEM files)",
+                tls_keys.join(" and ")
+            ))),
+            None => Ok(()),
+            // Read and parse the files now, so a bad certificate stops the start with a
+            // message naming the key and the file instead of failing each TLS connection.
+            Some(tls) => crate::tls::server_config(tls)
+                .map(drop)
+                .map_err(|e| ConfigError::Inconsistent(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -301,10 +428,13 @@ mod tests {
     #[test]
     fn defaults_are_loopback_and_safe() {
         let c = Config::default();
-        assert!(c.mqtt.listen.ip().is_loopback());
-        assert!(c.http.listen.ip().is_loopback());
-        assert_eq!(c.mqtt.listen.port(), 1883);
-        assert_eq!(c.http.listen.port(), 8080);
+        let (mqtt, http) = (c.mqtt.listen.unwrap(), c.http.listen.unwrap());
+        assert!(mqtt.ip().is_loopback());
+        assert!(http.ip().is_loopback());
+        assert_eq!(mqtt.port(), 1883);
+        assert_eq!(http.port(), 8080);
+        assert!(c.mqtt.tls_listen.is_none() && c.mqtt.tls_listen_v5.is_none());
+        assert!(c.http.tls_listen.is_none() && c.tls.is_none());
         assert!(!c.allow_anonymous);
         assert!(c.influx.is_none());
         c.check().unwrap();
@@ -343,5 +473,55 @@ mod tests {
     fn inconsistent_values_name_the_key() {
         let err = Config::from_toml("[pipeline]\nmax_batch_reports = 0\n").unwrap_err();
         assert!(err.to_string().contains("pipeline.max_batch_reports"), "{err}");
+    }
+
+    #[test]
+    fn listeners_can_be_turned_off_but_not_all() {
+        let c = Config::from_toml("[mqtt]\nlisten_v5 = \"off\"\n").unwrap();
+        assert_eq!(c.mqtt.listen_v5, None);
+        assert!(c.mqtt.listen.is_some());
+        let err = Config::from_toml("[mqtt]\nlisten = \"off\"\nlisten_v5 = \"off\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("every MQTT listener is off"), "{err}");
+        let err = Config::from_toml("[http]\nlisten = \"off\"\n").unwrap_err().to_string();
+        assert!(err.contains("every HTTP listener is off"), "{err}");
+        let err = Config::from_toml("[http]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("nowhere") && err.contains("\"off\""), "{err}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_named() {
+        let err = Config::from_toml("[http]\nlisten = \"127.0.0.1:1883\"\n").unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("mqtt.listen and http.listen"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_listener_needs_the_tls_section() {
+        let err = Config::from_toml("[mqtt]\ntls_listen = \"127.0.0.1:8883\"\n").unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("mqtt.tls_listen") && err.contains("[tls]"), "{err}");
+        let err = Config::from_toml("[tls]\ncert_path = \"c.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("key_path"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_or_invalid_pem_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let config = |cert: &Path, key: &Path| {
+            format!(
+                "[http]\ntls_listen = \"127.0.0.1:8443\"\n[tls]\ncert_path = {:?}\nkey_path = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            )
+        };
+        let err = Config::from_toml(&config(&missing, &garbage)).unwrap_err().to_string();
+        assert!(err.contains("tls.cert_path") && err.contains("missing.pem"), "{err}");
+        let err = Config::from_toml(&config(&garbage, &garbage)).unwrap_err().to_string();
+        assert!(err.contains("tls.cert_path") && err.contains("garbage.pem"), "{err}");
     }
 }

@@ -10,6 +10,7 @@
 //! - [`influx`]: ships committed fixes from the outbox to InfluxDB.
 //! - [`api`]: the HTTP API (axum) over the store, plus metrics and health.
 //! - [`auth`]: courier and admin tokens.
+//! - [`tls`]: certificates for the MQTT-over-TLS and HTTPS listeners.
 //! - [`config`]: the TOML configuration, one section per part.
 //! - [`cli`]: the `locusd` subcommands.
 
@@ -24,3 +25,4 @@ pub mod pipeline;
 pub mod plugins;
 pub mod serve;
 pub mod store;
+pub mod tls;

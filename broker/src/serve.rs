@@ -1,8 +1,9 @@
 //! `locusd serve`: starts every part and stops them in order.
 //!
 //! Start: store → tokens → InfluxDB outbox and shipper (with `[influx]`) → plugin chain →
-//! embedded broker → pipeline threads → pruner → HTTP API.
-//! Stop (SIGINT/SIGTERM): HTTP stops accepting, the pipeline stops taking reports, commits,
+//! embedded broker (plain and TLS listeners) → pipeline threads → pruner → HTTP API (HTTP and/or
+//! HTTPS).
+//! Stop (SIGINT/SIGTERM): HTTP and HTTPS stop accepting, the pipeline stops taking reports, commits,
 //! flushes and acks what it took, then the process exits 0. Reports still in the broker were
 //! never acked, so devices resend them.
 
@@ -48,17 +49,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let plugins = start_plugins(&config, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
 
-    let link = crate::mqtt::start(&config.mqtt, auth.clone(), metrics.clone())?;
+    let link =
+        crate::mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), metrics.clone())?;
     let pipeline = PipelineHandle::start(intake, link)?;
 
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| {
-        format!(
-            "cannot listen for HTTP on {} (set --http-listen / [http] listen to a free address)",
-            config.http.listen
-        )
-    })?;
+    let plain_http = match config.http.listen {
+        Some(addr) => Some(bind_http(addr, "--http-listen / [http] listen").await?),
+        None => None,
+    };
+    let https = match (config.http.tls_listen, &config.tls) {
+        (Some(addr), Some(tls)) => {
+            let server_config = crate::tls::server_config(tls)?;
+            let listener = bind_http(addr, "--http-tls-listen / [http] tls_listen").await?;
+            Some(crate::tls::TlsListener::new(listener, server_config)?)
+        }
+        (Some(_), None) => anyhow::bail!("[http] tls_listen needs [tls] cert_path and key_path"),
+        (None, _) => None,
+    };
     let state = ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -68,16 +77,46 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         plugins,
     };
     tracing::info!(
-        mqtt = %config.mqtt.listen,
+        mqtt = ?config.mqtt.listen,
         mqtt5 = ?config.mqtt.listen_v5,
-        http = %config.http.listen,
+        mqtt_tls = ?config.mqtt.tls_listen,
+        mqtt5_tls = ?config.mqtt.tls_listen_v5,
+        http = ?config.http.listen,
+        https = ?config.http.tls_listen,
         data_dir = %config.data_dir.display(),
         "locusd ready"
     );
-    axum::serve(listener, api::router(state, axum::Router::new()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    // One signal stops both HTTP servers; each drains its own connections.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let router = api::router(state, axum::Router::new());
+    let plain_server = async {
+        match plain_http {
+            Some(listener) => {
+                axum::serve(listener, router.clone())
+                    .with_graceful_shutdown(stop_signal(stopped.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let tls_server = async {
+        match https {
+            Some(listener) => {
+                axum::serve(listener, router.clone())
+                    .with_graceful_shutdown(stop_signal(stopped.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(plain_server, tls_server).context("HTTP server failed")?;
 
     tracing::info!("shutting down: draining the pipeline");
     pruner.abort();
@@ -92,6 +131,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+async fn bind_http(
+    addr: std::net::SocketAddr,
+    setting: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for HTTP on {addr} (set {setting} to a free address)")
+    })
 }
 
 /// Loads the deployed plugins (sled tree `plugins`) and the plugins directory. A plugin that

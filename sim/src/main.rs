@@ -68,6 +68,10 @@ struct Args {
     /// Longest a fix waits to be batched, milliseconds.
     #[arg(long, default_value_t = BatchConfig::default().max_age_ms)]
     batch_max_age_ms: u64,
+    /// Most encoded bytes per report (keep at or below the server's
+    /// `[pipeline] max_report_bytes`).
+    #[arg(long, default_value_t = BatchConfig::default().max_report_bytes)]
+    batch_max_report_bytes: u32,
     /// Outbox bound per courier, in fixes.
     #[arg(long)]
     outbox_max_fixes: Option<u64>,
@@ -157,8 +161,11 @@ fn run(args: &Args) -> Result<bool> {
             None => args.password.clone(),
         };
         let mut config = CourierConfig::new(&args.broker, id, token, args.data_dir.join(id));
-        config.batch =
-            BatchConfig { max_fixes: args.batch_max_fixes, max_age_ms: args.batch_max_age_ms };
+        config.batch = BatchConfig {
+            max_fixes: args.batch_max_fixes,
+            max_age_ms: args.batch_max_age_ms,
+            max_report_bytes: args.batch_max_report_bytes,
+        };
         if let Some(max) = args.outbox_max_fixes {
             config.outbox.max_fixes = max;
         }

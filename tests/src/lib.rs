@@ -2,7 +2,8 @@
 //! dirs, real MQTT clients (rumqttc here, `mosquitto_pub` from the tests), the HTTP API read
 //! back with a real HTTP client.
 //!
-//! - [`LocusServer`]: start, stop (SIGTERM), kill -9, restart on the same data dir and ports.
+//! - [`LocusServer`]: start, stop (SIGTERM), kill -9, restart on the same data dir and ports;
+//!   with TLS listeners too ([`LocusServer::start_tls`]).
 //! - [`TestCourier`]: a rumqttc connection that publishes reports and waits for acks.
 //! - [`locusd`]: the path of the binary, built on first use.
 //! - [`influxd`]: a real InfluxDB 1.x server on free ports.
@@ -70,6 +71,11 @@ pub struct LocusServer {
     pub mqtt5: SocketAddr,
     /// HTTP API address.
     pub http: SocketAddr,
+    /// The TLS listeners, for a server started with [`LocusServer::start_tls`].
+    pub tls: Option<TlsListeners>,
+    /// Whether the plain-text listeners above are on (they are unless `TlsSetup::plain` is false).
+    pub plain: bool,
+    tls_files: Option<TlsSetup>,
     anonymous: bool,
     config: Option<String>,
     admin_token: String,
@@ -90,20 +96,40 @@ impl LocusServer {
 
     /// Starts a server with extra TOML configuration.
     pub fn start_with(anonymous: bool, config: Option<&str>) -> LocusServer {
+        Self::start_full(anonymous, config, None)
+    }
+
+    /// Starts a server that also listens with TLS (MQTT 3.1.1, MQTT 5 and HTTPS) on free ports,
+    /// with `tls`'s certificate; the harness's own HTTP calls go over HTTPS when the plain
+    /// listeners are off, trusting `tls.ca_pem`.
+    pub fn start_tls(anonymous: bool, config: Option<&str>, tls: TlsSetup) -> LocusServer {
+        Self::start_full(anonymous, config, Some(tls))
+    }
+
+    fn start_full(anonymous: bool, config: Option<&str>, tls: Option<TlsSetup>) -> LocusServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut http_client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(tls) = &tls {
+            let ca = reqwest::Certificate::from_pem(&tls.ca_pem).expect("CA certificate PEM");
+            http_client = http_client.add_root_certificate(ca);
+        }
         let mut server = LocusServer {
             child: None,
             mqtt: loopback(free_port()),
             mqtt5: loopback(free_port()),
             http: loopback(free_port()),
+            tls: tls.as_ref().map(|_| TlsListeners {
+                mqtt: loopback(free_port()),
+                mqtt5: loopback(free_port()),
+                https: loopback(free_port()),
+            }),
+            plain: tls.as_ref().is_none_or(|tls| tls.plain),
+            tls_files: tls,
             anonymous,
             config: config.map(str::to_owned),
             admin_token: String::new(),
-            http_client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("HTTP client"),
+            http_client: http_client.build().expect("HTTP client"),
             dir,
             starts: 0,
         };
@@ -130,13 +156,25 @@ impl LocusServer {
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--mqtt-listen", &self.mqtt.to_string()])
-            .args(["--mqtt5-listen", &self.mqtt5.to_string()])
-            .args(["--http-listen", &self.http.to_string()])
             .env("LOCUS_LOG", "info,rumqttd=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
+        let listen = |addr: SocketAddr, on: bool| if on { addr.to_string() } else { "off".into() };
+        command
+            .args(["--mqtt-listen", &listen(self.mqtt, self.plain)])
+            .args(["--mqtt5-listen", &listen(self.mqtt5, self.plain)])
+            .args(["--http-listen", &listen(self.http, self.plain)]);
+        if let (Some(addrs), Some(files)) = (&self.tls, &self.tls_files) {
+            command
+                .args(["--mqtt-tls-listen", &addrs.mqtt.to_string()])
+                .args(["--mqtt5-tls-listen", &addrs.mqtt5.to_string()])
+                .args(["--http-tls-listen", &addrs.https.to_string()])
+                .arg("--tls-cert")
+                .arg(&files.cert_path)
+                .arg("--tls-key")
+                .arg(&files.key_path);
+        }
         if self.anonymous {
             command.arg("--allow-anonymous");
         }
@@ -190,9 +228,13 @@ impl LocusServer {
         &self.admin_token
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://127.0.0.1:PORT{path}`, or `https://localhost:PORT{path}` when the plain
+    /// listeners are off.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        match &self.tls {
+            Some(tls) if !self.plain => format!("https://localhost:{}{path}", tls.https.port()),
+            _ => format!("http://{}{path}", self.http),
+        }
     }
 
     /// GET with the admin token; the status and the JSON body.
@@ -291,6 +333,30 @@ impl Drop for LocusServer {
             eprintln!("--- locusd log ---\n{}", self.log());
         }
     }
+}
+
+/// Certificate files for [`LocusServer::start_tls`] (the tests make them with rcgen).
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    /// PEM certificate chain of the server (valid for `localhost` and `127.0.0.1`).
+    pub cert_path: PathBuf,
+    /// PEM private key of the server.
+    pub key_path: PathBuf,
+    /// PEM of the CA that signed the certificate, trusted by the harness's HTTP client.
+    pub ca_pem: Vec<u8>,
+    /// Keep the plain-text listeners on as well.
+    pub plain: bool,
+}
+
+/// The TLS listeners of a [`LocusServer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TlsListeners {
+    /// MQTT 3.1.1 over TLS.
+    pub mqtt: SocketAddr,
+    /// MQTT 5 over TLS.
+    pub mqtt5: SocketAddr,
+    /// HTTPS API.
+    pub https: SocketAddr,
 }
 
 /// A courier on a real MQTT connection (rumqttc): publishes reports, collects acks.

@@ -58,15 +58,31 @@ struct ServeArgs {
     /// Data directory [default: ./locus-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// MQTT 3.1.1 listen address [default: 127.0.0.1:1883].
-    #[arg(long)]
-    mqtt_listen: Option<SocketAddr>,
-    /// MQTT 5 listen address [default: 127.0.0.1:1884].
-    #[arg(long)]
-    mqtt5_listen: Option<SocketAddr>,
-    /// HTTP API listen address [default: 127.0.0.1:8080].
-    #[arg(long)]
-    http_listen: Option<SocketAddr>,
+    /// MQTT 3.1.1 listen address, or `off` [default: 127.0.0.1:1883].
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listener)]
+    mqtt_listen: Option<Listener>,
+    /// MQTT 5 listen address, or `off` [default: 127.0.0.1:1884].
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listener)]
+    mqtt5_listen: Option<Listener>,
+    /// MQTT 3.1.1 over TLS listen address (e.g. 0.0.0.0:8883), or `off` [default: off];
+    /// needs --tls-cert and --tls-key (or [tls]).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listener)]
+    mqtt_tls_listen: Option<Listener>,
+    /// MQTT 5 over TLS listen address, or `off` [default: off].
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listener)]
+    mqtt5_tls_listen: Option<Listener>,
+    /// HTTP API listen address, or `off` [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listener)]
+    http_listen: Option<Listener>,
+    /// HTTPS API listen address (e.g. 0.0.0.0:8443), or `off` [default: off].
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listener)]
+    http_tls_listen: Option<Listener>,
+    /// PEM certificate chain of the TLS listeners ([tls] cert_path).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listeners ([tls] key_path).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Accept any MQTT client and API caller without credentials (development only).
     #[arg(long)]
     allow_anonymous: bool,
@@ -81,14 +97,21 @@ impl ServeArgs {
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
         }
-        if let Some(addr) = self.mqtt_listen {
-            config.mqtt.listen = addr;
+        let listeners = [
+            (self.mqtt_listen, &mut config.mqtt.listen),
+            (self.mqtt5_listen, &mut config.mqtt.listen_v5),
+            (self.mqtt_tls_listen, &mut config.mqtt.tls_listen),
+            (self.mqtt5_tls_listen, &mut config.mqtt.tls_listen_v5),
+            (self.http_listen, &mut config.http.listen),
+            (self.http_tls_listen, &mut config.http.tls_listen),
+        ];
+        for (flag, setting) in listeners {
+            if let Some(Listener(addr)) = flag {
+                *setting = addr;
+            }
         }
-        if let Some(addr) = self.mqtt5_listen {
-            config.mqtt.listen_v5 = Some(addr);
-        }
-        if let Some(addr) = self.http_listen {
-            config.http.listen = addr;
+        if let (Some(cert_path), Some(key_path)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(crate::config::TlsConfig { cert_path, key_path });
         }
         config.allow_anonymous |= self.allow_anonymous;
         config.check()?;
@@ -96,10 +119,19 @@ impl ServeArgs {
     }
 }
 
+/// A listen address from the command line; `None` = `off`.
+#[derive(Debug, Clone, Copy)]
+struct Listener(Option<SocketAddr>);
+
+fn parse_listener(text: &str) -> Result<Listener, String> {
+    crate::config::listener::parse(text).map(Listener)
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    crate::tls::install_crypto_provider();
     let result = match cli.command {
         None => run_server(cli.serve),
         Some(Command::Serve(args)) => run_server(args),

@@ -16,7 +16,7 @@
 //! listener (`max_connection_rate`: over it, CONNACK "server unavailable").
 
 use crate::auth::{Role, TokenAuthority};
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, TlsConfig};
 use crate::metrics::Metrics;
 use crate::metrics::{ActionLabel, DisconnectLabel};
 use policy::{Action, TopicPolicy};
@@ -38,13 +38,16 @@ pub use policy::PIPELINE_CLIENT_ID;
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     /// A listener address is taken or not ours.
-    #[error("cannot listen for MQTT on {addr}: {source} (set --mqtt-listen / [mqtt] listen to a free address)")]
+    #[error("cannot listen for MQTT on {addr}: {source} (set that [mqtt] listen* key or its --mqtt*-listen flag to a free address or \"off\")")]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
     },
+    /// A TLS listener is on without `[tls]`.
+    #[error("[mqtt] tls_listen and tls_listen_v5 need [tls] cert_path and key_path")]
+    NoCertificate,
     /// The local link to the router failed.
     #[error("cannot link the pipeline to the embedded broker: {0}")]
     Link(String),
@@ -61,37 +64,53 @@ pub struct BrokerLink {
 
 /// Starts the embedded broker in its own threads and returns the pipeline's link, already
 /// subscribed to every courier's locations topic.
+///
+/// `tls` is `[tls]`, which the TLS listeners (`tls_listen`, `tls_listen_v5`) need
+/// ([`crate::config::Config::check`] has made sure it is there and readable).
 pub fn start(
     config: &MqttConfig,
+    tls: Option<&TlsConfig>,
     auth: Option<Arc<TokenAuthority>>,
     metrics: Arc<Metrics>,
 ) -> Result<BrokerLink, MqttError> {
     // rumqttd binds inside its own thread and only logs a failure; check first so a taken port
     // is a clear start-up error instead of a silently deaf server.
-    for addr in std::iter::once(config.listen).chain(config.listen_v5) {
+    let addrs = [config.listen, config.listen_v5, config.tls_listen, config.tls_listen_v5];
+    for addr in addrs.into_iter().flatten() {
         TcpListener::bind(addr).map_err(|source| MqttError::Listen { addr, source })?;
+    }
+    let tls = tls.map(crate::tls::rumqttd_settings);
+    if tls.is_none() && (config.tls_listen.is_some() || config.tls_listen_v5.is_some()) {
+        return Err(MqttError::NoCertificate);
     }
 
     let connections = connection_settings(config, auth, metrics.clone());
-    let server = |name: &str, listen: SocketAddr| {
-        let mut settings = ServerSettings {
-            name: name.to_owned(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 1,
-            connections: connections.clone(),
-            max_connection_rate: (config.max_connection_rate > 0)
-                .then_some(config.max_connection_rate),
-            listener_event_handler: None,
-        };
-        let metrics = metrics.clone();
-        settings.set_listener_event_handler(move |event| {
-            if let ListenerEvent::ConnectionRateExceeded { listener, peer } = event {
-                metrics.connection_rate_refused.inc();
-                tracing::debug!(%listener, %peer, "connection refused: connection rate exceeded");
-            }
-        });
-        HashMap::from([(name.to_owned(), settings)])
+    // One rumqttd server per listener on, keyed by name; none on = no server of that version.
+    let servers = |listeners: [(&str, Option<SocketAddr>, Option<rumqttd::TlsConfig>); 2]| {
+        let servers: HashMap<String, ServerSettings> = listeners
+            .into_iter()
+            .filter_map(|(name, listen, tls)| {
+                let mut settings = ServerSettings {
+                    name: name.to_owned(),
+                    listen: listen?,
+                    tls,
+                    next_connection_delay_ms: 1,
+                    connections: connections.clone(),
+                    max_connection_rate: (config.max_connection_rate > 0)
+                        .then_some(config.max_connection_rate),
+                    listener_event_handler: None,
+                };
+                let metrics = metrics.clone();
+                settings.set_listener_event_handler(move |event| {
+                    if let ListenerEvent::ConnectionRateExceeded { listener, peer } = event {
+                        metrics.connection_rate_refused.inc();
+                        tracing::debug!(%listener, %peer, "connection refused: connection rate exceeded");
+                    }
+                });
+                Some((name.to_owned(), settings))
+            })
+            .collect();
+        (!servers.is_empty()).then_some(servers)
     };
     let broker_config = rumqttd::Config {
         id: 0,
@@ -106,8 +125,14 @@ pub fn start(
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(server("mqtt-3.1.1", config.listen)),
-        v5: config.listen_v5.map(|addr| server("mqtt-5", addr)),
+        v4: servers([
+            ("mqtt-3.1.1", config.listen, None),
+            ("mqtt-3.1.1-tls", config.tls_listen, tls.clone()),
+        ]),
+        v5: servers([
+            ("mqtt-5", config.listen_v5, None),
+            ("mqtt-5-tls", config.tls_listen_v5, tls),
+        ]),
         ..Default::default()
     };
 
