@@ -277,9 +277,6 @@ fn a_silent_client_on_the_https_port_does_not_stall_new_connections() {
 }
 
 #[test]
-#[ignore = "rumqttd 0.20 awaits each TLS handshake inline in its accept loop (server/broker.rs, \
-            Server::start → tls_accept) with no timeout, so one silent client stalls every new \
-            connection on that TLS listener until it disconnects; needs the vendored rumqttd fix"]
 fn a_silent_client_on_the_mqtt_tls_port_does_not_stall_new_connections() {
     let pki = Pki::new();
     let server = LocusServer::start_tls(false, None, pki.setup(false));

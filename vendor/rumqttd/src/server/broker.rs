@@ -437,10 +437,51 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             }
 
+            // locus patch: plain MQTT listeners do the TLS handshake in the connection's own
+            // task, bounded by `connection_timeout_ms`, so a client that opens the TLS port and
+            // stays silent (or talks garbage) never holds up the next accept.
+            #[cfg(feature = "websocket")]
+            let websocket = matches!(link_type, LinkType::Websocket);
+            #[cfg(not(feature = "websocket"))]
+            let websocket = false;
+            if !websocket {
+                let tls = self.config.tls.clone();
+                let timeout = Duration::from_millis(config.connection_timeout_ms.into());
+                let name = self.config.name.clone();
+                let (config, router_tx) = (config.clone(), self.router_tx.clone());
+                let (protocol, wills) = (self.protocol.clone(), self.awaiting_will_handler.clone());
+                count += 1;
+                task::spawn(async move {
+                    let (network, tenant_id) =
+                        match time::timeout(timeout, accept_network(tls, stream)).await {
+                            Ok(Ok(accepted)) => accepted,
+                            Ok(Err(e)) => {
+                                info!(error = ?e, ?addr, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                info!(?addr, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    info!(?name, ?addr, count, tenant = ?tenant_id, "accept");
+                    remote(config, tenant_id.clone(), router_tx, network, protocol, wills)
+                        .instrument(tracing::error_span!(
+                            "remote_link",
+                            ?tenant_id,
+                            client_id = field::Empty,
+                            connection_id = field::Empty,
+                        ))
+                        .await
+                });
+                time::sleep(delay).await;
+                continue;
+            }
+
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
                 Err(e) => {
-                    error!(error=?e, "Tls accept error");
+                    info!(error=?e, "Tls accept error");
                     continue;
                 }
             };
@@ -528,6 +569,22 @@ const REFUSED_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// locus patch: reads the CONNECT of a connection refused for the connection rate and answers
 /// CONNACK "connection rate exceeded" (MQTT 5 reason 0x9F; MQTT 3.1.1 has no such code and
 /// gets 3, "server unavailable"), then closes it.
+/// locus patch: a new connection's network, after the TLS handshake when the listener has TLS
+/// (the free-function form of `Server::tls_accept`, for the connection's own task).
+async fn accept_network(
+    tls: Option<crate::TlsConfig>,
+    stream: TcpStream,
+) -> Result<(Box<dyn N>, Option<String>), Error> {
+    match tls {
+        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+        Some(tls) => {
+            let (tenant_id, network) = TLSAcceptor::new(&tls)?.accept(stream).await?;
+            Ok((network, tenant_id))
+        }
+        _ => Ok((Box::new(stream), None)),
+    }
+}
+
 async fn refuse_connection<P: Protocol>(
     stream: TcpStream,
     tls: Option<crate::TlsConfig>,
