@@ -123,6 +123,13 @@ pub struct HttpConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Largest page `GET /v1/couriers/{id}/track` and `GET /v1/dead-letters` return.
     pub max_page: usize,
+    /// Milliseconds a client has to send its request head; then its connection is closed
+    /// (stops slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds to read a request's body and answer it; then the answer is 408.
+    pub request_timeout_ms: u64,
+    /// Largest request body read by the API, bytes (plugin uploads have their own limit).
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -131,6 +138,9 @@ impl Default for HttpConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             tls_listen: None,
             max_page: 10_000,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -308,6 +318,9 @@ impl Config {
             ("mqtt.max_connections", self.mqtt.max_connections),
             ("mqtt.max_inflight", self.mqtt.max_inflight),
             ("http.max_page", self.http.max_page),
+            ("http.max_body_bytes", self.http.max_body_bytes),
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms as usize),
+            ("http.request_timeout_ms", self.http.request_timeout_ms as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Inconsistent(format!("{key} must be at least 1")));

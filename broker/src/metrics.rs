@@ -25,6 +25,13 @@ pub struct ActionLabel {
     pub action: &'static str,
 }
 
+/// The `phase` label of HTTP timeouts: `headers` (slow request head) or `request`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// Where the client was too slow.
+    pub phase: &'static str,
+}
+
 /// The `reason` label of disconnections.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DisconnectLabel {
@@ -70,6 +77,8 @@ pub struct Metrics {
     pub publish_throttled: Counter,
     /// Connections refused for the listener's connection rate.
     pub connection_rate_refused: Counter,
+    /// HTTP clients too slow to send their request head or to finish a request, by phase.
+    pub http_timeouts: Family<PhaseLabel, Counter>,
     /// 1 while acks are held back (for example a full InfluxDB outbox), else 0.
     pub acks_paused: Gauge,
 }
@@ -103,6 +112,7 @@ impl Metrics {
             packet_too_large: Counter::default(),
             publish_throttled: Counter::default(),
             connection_rate_refused: Counter::default(),
+            http_timeouts: Family::default(),
             acks_paused: Gauge::default(),
         };
         let m = &metrics;
@@ -170,6 +180,11 @@ impl Metrics {
             "mqtt_connection_rate_refused",
             "MQTT connections refused for the listener's connection rate",
             m.connection_rate_refused.clone(),
+        );
+        registry.register(
+            "http_timeouts",
+            "HTTP clients too slow to send their request head or finish a request, by phase",
+            m.http_timeouts.clone(),
         );
         registry.register(
             "acks_paused",

@@ -95,28 +95,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let stop_signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let router = api::router(state, axum::Router::new());
+    let limits = api::server::HttpLimits {
+        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
+        max_body_bytes: config.http.max_body_bytes,
+    };
+    let router = api::server::with_limits(
+        api::router(state, axum::Router::new()),
+        limits,
+        metrics.clone(),
+    );
     let plain_server = async {
-        match plain_http {
-            Some(listener) => {
-                axum::serve(listener, router.clone())
-                    .with_graceful_shutdown(stop_signal(stopped.clone()))
-                    .await
-            }
-            None => Ok(()),
+        if let Some(listener) = plain_http {
+            let stopped = stop_signal(stopped.clone());
+            api::server::serve(listener, router.clone(), limits, metrics.clone(), stopped).await;
         }
     };
     let tls_server = async {
-        match https {
-            Some(listener) => {
-                axum::serve(listener, router.clone())
-                    .with_graceful_shutdown(stop_signal(stopped.clone()))
-                    .await
-            }
-            None => Ok(()),
+        if let Some(listener) = https {
+            let stopped = stop_signal(stopped.clone());
+            api::server::serve(listener, router.clone(), limits, metrics.clone(), stopped).await;
         }
     };
-    tokio::try_join!(plain_server, tls_server).context("HTTP server failed")?;
+    tokio::join!(plain_server, tls_server);
 
     tracing::info!("shutting down: draining the pipeline");
     pruner.abort();

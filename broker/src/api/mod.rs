@@ -21,6 +21,7 @@
 pub mod access;
 mod json;
 mod plugins;
+pub mod server;
 
 use crate::auth::TokenAuthority;
 use crate::metrics::Metrics;
