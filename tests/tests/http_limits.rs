@@ -33,7 +33,9 @@ fn slow_http_clients_are_cut_off_counted_and_hold_up_no_one() {
     // A body that never arrives (the plugin upload reads its body).
     let mut slow_body = TcpStream::connect(server.http).expect("connect");
     slow_body
-        .write_all(b"PUT /v1/plugins/slow HTTP/1.1\r\nHost: locus\r\nContent-Length: 100000\r\n\r\n0123")
+        .write_all(
+            b"PUT /v1/plugins/slow HTTP/1.1\r\nHost: locus\r\nContent-Length: 100000\r\n\r\n0123",
+        )
         .expect("write");
 
     // Meanwhile everyone else is served.

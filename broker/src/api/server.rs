@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, PhaseLabel};
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -93,15 +93,15 @@ pub async fn serve<L>(
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                _ = stopped.wait_for(|stop| *stop) => {
+                // The watch guard is dropped inside, before the connection is awaited again.
+                () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
             };
             if let Err(error) = result {
-                let timed_out = error
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(|e| e.is_timeout());
+                let timed_out =
+                    error.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout());
                 if timed_out {
                     metrics.http_timeouts.get_or_create(&PhaseLabel { phase: "headers" }).inc();
                 }

@@ -44,6 +44,11 @@ pub const DEFAULT_MAX_REPORT_BYTES: usize = DEFAULT_MAX_PACKET_BYTES - MAX_PUBLI
 /// [`DEFAULT_MAX_REPORT_BYTES`], rounded down to a round number.
 pub const DEFAULT_MAX_FIXES_PER_REPORT: usize = 600;
 
+// The defaults fit together: checked when the crate compiles.
+const _: () = assert!(max_report_bytes(DEFAULT_MAX_FIXES_PER_REPORT) <= DEFAULT_MAX_REPORT_BYTES);
+const _: () =
+    assert!(DEFAULT_MAX_REPORT_BYTES + MAX_PUBLISH_OVERHEAD_BYTES <= DEFAULT_MAX_PACKET_BYTES);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,11 +77,5 @@ mod tests {
         assert_eq!(two.len() - one.len(), MAX_FIX_BYTES);
         // The fix count's varint is 1 byte here and at most 5 in the bound.
         assert_eq!(one.len() + 4, max_report_bytes(1));
-    }
-
-    #[test]
-    fn the_default_limits_fit_together() {
-        assert!(max_report_bytes(DEFAULT_MAX_FIXES_PER_REPORT) <= DEFAULT_MAX_REPORT_BYTES);
-        assert!(DEFAULT_MAX_REPORT_BYTES + MAX_PUBLISH_OVERHEAD_BYTES <= DEFAULT_MAX_PACKET_BYTES);
     }
 }
