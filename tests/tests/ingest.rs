@@ -162,7 +162,10 @@ fn http_api_needs_the_admin_token_and_answers_json_errors() {
 
 #[test]
 fn bad_input_is_dead_lettered_with_its_reason_and_harms_nobody_else() {
-    let server = LocusServer::start_with(true, Some("[pipeline]\nmax_report_bytes = 1024\n"));
+    let server = LocusServer::start_with(
+        true,
+        Some("[pipeline]\nmax_report_bytes = 1024\nmax_fixes_per_report = 9\n"),
+    );
     let mut good = TestCourier::connect(server.mqtt, "good", None).unwrap();
     let mut bad = TestCourier::connect(server.mqtt, "bad", None).unwrap();
     let now = now_ms();

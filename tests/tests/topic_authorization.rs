@@ -247,3 +247,24 @@ fn a_connection_burst_over_the_rate_is_refused_at_once_not_left_waiting() {
     late.publish(&report(1, now_ms(), 41.0, 2.0));
     late.wait_ack(1);
 }
+
+#[test]
+fn a_report_over_the_report_limit_is_dead_lettered_and_acked_so_the_device_moves_on() {
+    // Reports of one fix fit; this one carries twenty.
+    let config = "[pipeline]\nmax_report_bytes = 200\nmax_fixes_per_report = 1\n";
+    let server = LocusServer::start_with(false, Some(config));
+    let token = server.issue_token("long");
+    let mut courier = TestCourier::connect(server.mqtt, "long", Some(&token)).unwrap();
+    let t0 = now_ms() - 60_000;
+    let fixes = (0..20).map(|i| wire::Fix::from_degrees(t0 + i, 41.0, 2.0)).collect();
+    let oversized = wire::Report { seq: 1, fixes };
+    assert!(wire::encode_report(&oversized).len() > 200);
+    courier.publish(&oversized);
+    courier.wait_ack(1);
+    let letters = server.get_ok("/v1/dead-letters");
+    assert_eq!(letters["dead_letters"][0]["reason"], "oversized", "{letters}");
+    // The next report goes through: nothing is stuck behind the one the server could not take.
+    courier.publish(&report(2, t0 + 100, 41.0, 2.0));
+    courier.wait_ack(2);
+    assert_eq!(server.track_ts("long"), vec![t0 + 100]);
+}
