@@ -79,6 +79,8 @@ pub struct Metrics {
     pub connection_rate_refused: Counter,
     /// HTTP clients too slow to send their request head or to finish a request, by phase.
     pub http_timeouts: Family<PhaseLabel, Counter>,
+    /// HTTP requests refused with 413 for a body over the route's limit.
+    pub http_body_too_large: Counter,
     /// 1 while acks are held back (for example a full InfluxDB outbox), else 0.
     pub acks_paused: Gauge,
 }
@@ -113,6 +115,7 @@ impl Metrics {
             publish_throttled: Counter::default(),
             connection_rate_refused: Counter::default(),
             http_timeouts: Family::default(),
+            http_body_too_large: Counter::default(),
             acks_paused: Gauge::default(),
         };
         let m = &metrics;
@@ -185,6 +188,11 @@ impl Metrics {
             "http_timeouts",
             "HTTP clients too slow to send their request head or finish a request, by phase",
             m.http_timeouts.clone(),
+        );
+        registry.register(
+            "http_body_too_large",
+            "HTTP requests refused with 413 for a body over the route's limit",
+            m.http_body_too_large.clone(),
         );
         registry.register(
             "acks_paused",

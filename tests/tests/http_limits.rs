@@ -1,6 +1,6 @@
 //! The HTTP API against slow clients on a real locusd: a client that never finishes its request
 //! head is cut off (slowloris), a request whose body trickles in gets 408, both are counted, and
-//! other clients are served all along.
+//! a body over the limit gets 413, all of it is counted, and other clients are served all along.
 
 use locus_tests::{wait_for, LocusServer, PATIENCE};
 use std::io::{Read as _, Write as _};
@@ -51,4 +51,23 @@ fn slow_http_clients_are_cut_off_counted_and_hold_up_no_one() {
         (headers >= 1.0 && request >= 1.0).then_some(())
     });
     assert_eq!(server.get("/healthz").0, 200);
+}
+
+#[test]
+fn a_body_over_the_limit_gets_413_and_is_counted() {
+    // Default timeouts: the upload below must not be cut short by the request timeout.
+    let server = LocusServer::start_anonymous();
+    // A body over the route's limit (a plugin upload one byte over 64 MiB) gets 413 and is
+    // counted. Exactly that many bytes are sent, so the server has read them all when it
+    // answers and closes (no unread data, so no reset that could eat the answer).
+    let body_len = 64 * 1024 * 1024 + 1;
+    let mut too_big = TcpStream::connect(server.http).expect("connect");
+    let head = format!(
+        "PUT /v1/plugins/big HTTP/1.1\r\nHost: locus\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    );
+    too_big.write_all(head.as_bytes()).expect("write head");
+    too_big.write_all(&vec![0u8; body_len]).expect("write body");
+    let answer = read_until_closed(&mut too_big);
+    assert!(answer.starts_with("HTTP/1.1 413"), "oversized body answered: {answer:?}");
+    assert_eq!(server.metric("locus_http_body_too_large_total"), 1.0);
 }

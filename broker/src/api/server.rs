@@ -10,9 +10,10 @@
 //! - **Request timeout** (`[http] request_timeout_ms`): reading the body and answering must
 //!   finish within this time, or the answer is 408 with a JSON error.
 //! - **Body size** (`[http] max_body_bytes`): bodies read by the API's extractors are bounded;
-//!   plugin uploads have their own, larger limit (`PUT /v1/plugins/{name}`).
+//!   plugin uploads have their own, larger limit (`PUT /v1/plugins/{name}`). Over it: 413.
 //!
-//! Both timeouts are counted in `locus_http_timeouts_total{phase}`.
+//! Both timeouts are counted in `locus_http_timeouts_total{phase}`, 413s in
+//! `locus_http_body_too_large_total`.
 
 use crate::metrics::{Metrics, PhaseLabel};
 use axum::extract::{DefaultBodyLimit, Request};
@@ -46,7 +47,12 @@ pub fn with_limits(router: Router, limits: HttpLimits, metrics: Arc<Metrics>) ->
             let metrics = metrics.clone();
             async move {
                 match tokio::time::timeout(timeout, next.run(request)).await {
-                    Ok(response) => response,
+                    Ok(response) => {
+                        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            metrics.http_body_too_large.inc();
+                        }
+                        response
+                    }
                     Err(_) => {
                         metrics.http_timeouts.get_or_create(&PhaseLabel { phase: "request" }).inc();
                         let error = format!(
