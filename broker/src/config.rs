@@ -25,6 +25,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Validation and batching of incoming reports.
     pub pipeline: PipelineConfig,
+    /// The commit log and its views.
+    pub store: StoreConfig,
     /// The recent track kept per courier.
     pub track: TrackConfig,
     /// The dead-letter store.
@@ -44,6 +46,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             tls: None,
             pipeline: PipelineConfig::default(),
+            store: StoreConfig::default(),
             track: TrackConfig::default(),
             dead_letters: DeadLetterConfig::default(),
             influx: None,
@@ -194,35 +197,8 @@ pub mod listener {
     }
 }
 
-/// `[pipeline]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Most reports committed in one sled batch (group commit). Larger = fewer flushes.
-    pub max_batch_reports: usize,
-    /// Most fixes in one report; larger reports are dead-lettered. Every report of this many
-    /// fixes must fit in `max_report_bytes` (checked at start).
-    pub max_fixes_per_report: usize,
-    /// Largest report payload, bytes; larger ones are dead-lettered (their seq is consumed, so
-    /// the device moves on). Keep the SDK's `batch.max_report_bytes` at or below it.
-    pub max_report_bytes: usize,
-    /// How far ahead of server time a fix's device time may be (clock skew), ms.
-    pub max_future_ms: u64,
-    /// How far behind server time a fix's device time may be (devices offline for long), ms.
-    pub max_age_ms: u64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            max_batch_reports: 4096,
-            max_fixes_per_report: locus_sdk::wire::limits::DEFAULT_MAX_FIXES_PER_REPORT,
-            max_report_bytes: locus_sdk::wire::limits::DEFAULT_MAX_REPORT_BYTES,
-            max_future_ms: 5 * 60 * 1000,
-            max_age_ms: 7 * 24 * 3600 * 1000,
-        }
-    }
-}
+pub use crate::pipeline::PipelineConfig;
+pub use crate::store::StoreConfig;
 
 /// `[track]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,6 +297,7 @@ impl Config {
             ("http.max_body_bytes", self.http.max_body_bytes),
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms as usize),
             ("http.request_timeout_ms", self.http.request_timeout_ms as usize),
+            ("store.checkpoint_interval_ms", self.store.checkpoint_interval_ms as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Inconsistent(format!("{key} must be at least 1")));

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub fixes_committed: Counter,
     /// Reports at or below the courier's committed seq (acked again, not reapplied).
     pub duplicate_reports: Counter,
+    /// Reports not taken because their courier has too many gaps in its seqs (not acked; the
+    /// device sends them again).
+    pub reports_deferred: Counter,
     /// Dead letters by reason.
     pub dead_letters: Family<ReasonLabel, Counter>,
     /// Acks published to couriers.
@@ -102,6 +105,7 @@ impl Metrics {
             reports_committed: Counter::default(),
             fixes_committed: Counter::default(),
             duplicate_reports: Counter::default(),
+            reports_deferred: Counter::default(),
             dead_letters: Family::default(),
             acks_published: Counter::default(),
             commit_batch_reports: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -135,6 +139,11 @@ impl Metrics {
             "duplicate_reports",
             "Reports at or below the committed sequence number, acked again",
             m.duplicate_reports.clone(),
+        );
+        registry.register(
+            "reports_deferred",
+            "Reports not taken (nor acked) because their courier has too many gaps in its seqs",
+            m.reports_deferred.clone(),
         );
         registry.register("dead_letters", "Dead letters by reason", m.dead_letters.clone());
         registry.register("acks_published", "Acks published to couriers", m.acks_published.clone());

@@ -1,10 +1,10 @@
 //! `locusd serve`: starts every part and stops them in order.
 //!
-//! Start: store → tokens → InfluxDB outbox and shipper (with `[influx]`) → plugin chain →
+//! Start: store (and its checkpoint thread) → tokens → InfluxDB outbox and shipper (with `[influx]`) → plugin chain →
 //! embedded broker (plain and TLS listeners) → pipeline threads → pruner → HTTP API (HTTP and/or
 //! HTTPS).
 //! Stop (SIGINT/SIGTERM): HTTP and HTTPS stop accepting, the pipeline stops taking reports, commits,
-//! flushes and acks what it took, then the process exits 0. Reports still in the broker were
+//! flushes and acks what it took, a last checkpoint is written, then the process exits 0. Reports still in the broker were
 //! never acked, so devices resend them.
 
 use crate::api::{self, ApiState, HealthProbe};
@@ -14,7 +14,7 @@ use crate::influx;
 use crate::metrics::Metrics;
 use crate::pipeline::{Intake, PipelineHandle};
 use crate::plugins::{PluginHost, PluginRegistry};
-use crate::store::{DeadLetter, Store};
+use crate::store::{Checkpointer, DeadLetter, Store, StoreOptions};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +22,13 @@ use std::time::Duration;
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     config.check()?;
-    let store = Store::open(&config.data_dir.join("db"))
+    let options = StoreOptions { keep_for_shipper: config.influx.is_some() };
+    let store = Store::open_with(&config.data_dir.join("db"), options)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let checkpointer = Checkpointer::start(
+        store.clone(),
+        Duration::from_millis(config.store.checkpoint_interval_ms),
+    )?;
     let auth = if config.allow_anonymous {
         tracing::warn!(
             "anonymous access is allowed: any MQTT client may publish and any HTTP client may \
@@ -41,7 +46,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut shipper = None;
     if let Some(influx_config) = &config.influx {
         let wiring = start_influx(influx_config, &store, &metrics, shipper_stopped)?;
-        intake = intake.with_influx_outbox(wiring.outbox, influx_config.schema());
+        intake = intake.with_influx_outbox(wiring.outbox);
         health.push(wiring.health);
         shipper = Some(wiring.task);
     }
@@ -120,6 +125,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     pruner.abort();
     tokio::task::spawn_blocking(move || pipeline.shutdown()).await?;
     store.flush().context("final flush")?;
+    tokio::task::spawn_blocking(move || checkpointer.stop()).await?;
     if let Some(task) = shipper {
         // The outbox is durable: whatever the shipper has not written yet goes at the next start.
         let _ = stop_shipper.send(true);
@@ -170,7 +176,7 @@ fn start_influx(
     metrics: &Arc<Metrics>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<InfluxWiring> {
-    let outbox = influx::Outbox::open(store.db(), config).context("opening the InfluxDB outbox")?;
+    let outbox = influx::Outbox::open(store, config);
     let influx_metrics = influx::InfluxMetrics::default();
     metrics.register_with(|registry| influx_metrics.register(registry));
     let (sink_store, sink_metrics) = (store.clone(), metrics.clone());

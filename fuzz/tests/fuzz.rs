@@ -13,7 +13,7 @@ use locus_broker::config::PipelineConfig;
 use locus_broker::metrics::Metrics;
 use locus_broker::pipeline::{validate, Intake};
 use locus_broker::plugins::{scaffold, PluginSettings};
-use locus_broker::store::{CommitBatch, DeadLetter, Store, StoredFix};
+use locus_broker::store::{Commit, DeadLetter, RecordBuilder, Store};
 use locus_fuzz::{Outcome, Target};
 use locus_sdk::wire::{self, json::MessageJson, Fix, FixDetails, Message, Report};
 use std::sync::Arc;
@@ -235,8 +235,11 @@ fn report_validator() {
                 assert!(report.seq >= 1);
                 assert!((1..=config.max_fixes_per_report).contains(&report.fixes.len()));
                 assert_eq!(wire::decode_report(payload).as_ref(), Ok(report));
+                // A courier has one fix per device millisecond: a second one is refused.
+                let mut times = std::collections::HashSet::new();
                 for fix in &report.fixes {
                     match validate::check_fix(fix, now, &config) {
+                        Ok(()) if !times.insert(fix.ts_ms) => reasons.push("same_device_time"),
                         Ok(()) => {
                             accepted += 1;
                             assert_eq!(fix.out_of_range(), None, "accepted {fix:?}");
@@ -254,12 +257,13 @@ fn report_validator() {
         let mut intake = Intake::new(config.clone(), store.clone(), metrics.clone());
         let publishes = [(Bytes::from(topic), Bytes::copy_from_slice(payload))];
         let built = intake.build(&publishes, now).expect("intake over a working store");
-        let commit: &CommitBatch = &built.commit;
+        let commit: &Commit = &built.commit;
         for letter in &commit.dead_letters {
             assert_eq!(letter.payload, payload, "a dead letter holds the payload as received");
         }
         if locus_broker::pipeline::courier_of(topic).is_some() && decoded.is_ok() {
-            assert_eq!(commit.track.len(), accepted, "the intake keeps exactly the valid fixes");
+            let kept = commit.record.fixes.len();
+            assert_eq!(kept, accepted, "the intake keeps exactly the valid fixes");
             reasons.sort_unstable();
             reasons.dedup();
             assert_eq!(commit.dead_letters.len(), reasons.len(), "one letter per reason");
@@ -312,13 +316,16 @@ fn api_plugin_settings_header() {
 fn api_query_strings() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mut batch = CommitBatch::default();
+    let mut record = RecordBuilder::new(0);
     for ts in [0, 1, VECTOR_TS, u64::MAX] {
-        let fix =
-            StoredFix { fix: Fix::from_degrees(ts, 1.0, 2.0), attributes: vec![], received_ms: 0 };
-        batch.track.push(("c1".into(), fix));
+        record.fix("c1", Fix::from_degrees(ts, 1.0, 2.0), vec![]);
     }
-    store.apply(&batch).unwrap();
+    store.commit(Commit { record: record.finish(), ..Commit::default() }).unwrap();
+    // Half the track in sled blocks, half in memory.
+    store.checkpoint().unwrap();
+    let mut record = RecordBuilder::new(0);
+    record.fix("c1", Fix::from_degrees(VECTOR_TS + 1, 1.0, 2.0), vec![]);
+    store.commit(Commit { record: record.finish(), ..Commit::default() }).unwrap();
     let letter = DeadLetter {
         reason: "r".into(),
         detail: String::new(),

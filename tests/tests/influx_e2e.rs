@@ -78,7 +78,7 @@ fn the_outbox_survives_kill_9_of_locusd() {
 fn a_full_outbox_holds_back_acks_until_influxdb_takes_writes() {
     let mut influxd = Influxd::start("locus").unwrap();
     influxd.stop().unwrap();
-    let config = format!("{}max_outbox_entries = 5\n", influx_config(&influxd));
+    let config = format!("{}max_outbox_fixes = 5\n", influx_config(&influxd));
     let server = LocusServer::start_with(true, Some(&config));
     let mut courier = TestCourier::connect(server.mqtt, "influx-3", None).unwrap();
     let t0 = now_ms() - 100_000;

@@ -231,12 +231,12 @@ fn too_large_batches_are_split() -> Result<()> {
 #[test]
 fn outbox_limit_is_reported() -> Result<()> {
     let server = RecordingServer::start(always(503));
-    let cfg = InfluxConfig { max_outbox_entries: 50, ..config(&server.url, "locus") };
+    let cfg = InfluxConfig { max_outbox_fixes: 50, ..config(&server.url, "locus") };
     let env = Env::new(cfg);
     env.enqueue((0..49).map(|i| fix(base_ts(), i, 1)));
-    assert!(!env.outbox.is_full());
+    assert!(!env.outbox.at_limit());
     env.enqueue([fix(base_ts(), 49, 1)]);
-    assert!(env.outbox.is_full());
+    assert!(env.outbox.at_limit());
     let running = env.ship();
     wait_until("degraded and full", || {
         let h = running.health.snapshot();

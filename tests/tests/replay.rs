@@ -163,7 +163,7 @@ fn a_full_influx_outbox_stops_the_backfill_and_a_rerun_resumes() {
     let with_limit = |limit: u64| {
         format!(
             "{CONFIG}[influx]\nurl = \"http://127.0.0.1:9\"\ndatabase = \"x\"\n\
-             max_outbox_entries = {limit}\n"
+             max_outbox_fixes = {limit}\n"
         )
     };
 

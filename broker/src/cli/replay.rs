@@ -17,7 +17,7 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{now_ms, BackfillSource, Intake, PendingFix};
-use crate::store::{DeadLetter, Store, StoreError};
+use crate::store::{DeadLetter, Store, StoreError, StoreOptions};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use locus_sdk::wire::json::FixJson;
@@ -168,16 +168,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file_len = file.metadata()?.len();
     let topic = format!("replay:{}", args.file.display());
 
-    let store = open_store(&config.data_dir)?;
+    let store = open_store(&config.data_dir, config.influx.is_some())?;
     let metrics = Arc::new(Metrics::new());
     let mut intake = Intake::new(config.pipeline.clone(), store.clone(), metrics);
     // Nothing ships while replay runs (locusd, which ships, holds the database), so the outbox
     // only grows: replay stops at its limit, and a rerun after locusd has shipped resumes.
     let mut outbox = None;
     if let Some(influx_config) = &config.influx {
-        let opened = crate::influx::Outbox::open(store.db(), influx_config)
-            .context("opening the InfluxDB outbox")?;
-        intake = intake.with_influx_outbox(opened.clone(), influx_config.schema());
+        let opened = crate::influx::Outbox::open(&store, influx_config);
+        intake = intake.with_influx_outbox(opened.clone());
         outbox = Some(opened);
     }
     let plugins = crate::serve::start_plugins(&config, &store)?;
@@ -214,9 +213,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let mut line = Vec::new();
     let mut done = false;
     let mut stopped_at_limit = None;
+    let mut last_checkpoint = std::time::Instant::now();
     while !done {
         if let Some(outbox) = outbox.as_ref().filter(|o| o.at_limit()) {
-            stopped_at_limit = Some(outbox.max_entries());
+            stopped_at_limit = Some(outbox.max_fixes());
             break;
         }
         let mut fixes = Vec::new();
@@ -291,16 +291,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             break;
         }
         let mut built = intake.build_fixes(fixes, received_ms, &topic)?;
-        counts.accepted += built.commit.track.len() as u64;
+        counts.accepted += built.commit.record.fixes.len() as u64;
         counts.rejected += (built.commit.dead_letters.len() + malformed.len()) as u64;
         built.commit.dead_letters.extend(malformed);
         built.commit.replay_progress = Some((identity.clone(), progress.encode()));
-        intake.apply(&built.commit)?;
+        intake.commit(built.commit)?;
         store.flush()?;
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            // Keeps the replay's memory (open track blocks) and the log after it bounded.
+            store.checkpoint()?;
+            last_checkpoint = std::time::Instant::now();
+        }
         bar.set_position(progress.offset);
     }
     bar.finish_and_clear();
     store.flush()?;
+    // The views into sled now, so the next start does not replay the whole backfill.
+    store.checkpoint()?;
     println!(
         "accepted={} rejected={} duplicates={}",
         counts.accepted, counts.rejected, counts.duplicates
@@ -308,7 +315,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(limit) = stopped_at_limit {
         anyhow::bail!(
             "stopped before line {}: the InfluxDB outbox is at its limit ({limit} lines, \
-             [influx] max_outbox_entries). Start locusd so it ships the outbox to InfluxDB, then \
+             [influx] max_outbox_fixes). Start locusd so it ships the outbox to InfluxDB, then \
              run the same replay again: it resumes there.",
             progress.line + 1
         );
@@ -316,10 +323,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often a replay checkpoints the views (what `[store] checkpoint_interval_ms` is for the
+/// server).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Opens the data dir's sled database, which locusd holds locked while it runs.
-fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+fn open_store(data_dir: &Path, keep_for_shipper: bool) -> anyhow::Result<Store> {
     let path = data_dir.join("db");
-    Store::open(&path).map_err(|e| match &e {
+    Store::open_with(&path, StoreOptions { keep_for_shipper }).map_err(|e| match &e {
         StoreError::Sled(sled::Error::Io(io))
             if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
         {

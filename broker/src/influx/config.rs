@@ -83,10 +83,12 @@ pub struct InfluxConfig {
     /// more let it use several; batches may then land out of order, which InfluxDB does not
     /// mind (a point is identified by series and time).
     pub concurrent_requests: usize,
-    /// Outbox size limit, lines. At the limit the server stops acking new reports (devices keep
-    /// them and resend) until the shipper has drained below it. A line takes about 150–250
-    /// bytes in sled, so the default (10 M) is roughly 2 GB of disk.
-    pub max_outbox_entries: u64,
+    /// Outbox size limit: fixes in the commit log not yet shipped (each becomes one line). At
+    /// the limit the server takes no new reports (devices keep them and resend) until the
+    /// shipper has drained below it. A fix takes about 40–80 bytes in the log, so the default
+    /// (10 M) is under 1 GB of disk. (`max_outbox_entries`, its older name, is still read.)
+    #[serde(alias = "max_outbox_entries")]
+    pub max_outbox_fixes: u64,
     /// TCP connect timeout, milliseconds.
     pub connect_timeout_ms: u64,
     /// Whole-request timeout (connect, send, InfluxDB's answer), milliseconds.
@@ -117,7 +119,7 @@ impl Default for InfluxConfig {
             batch_lines: 5_000,
             batch_interval_ms: 1_000,
             concurrent_requests: 2,
-            max_outbox_entries: 10_000_000,
+            max_outbox_fixes: 10_000_000,
             connect_timeout_ms: 2_000,
             request_timeout_ms: 30_000,
             backoff_initial_ms: 100,
@@ -147,7 +149,7 @@ impl fmt::Debug for InfluxConfig {
             .field("batch_lines", &self.batch_lines)
             .field("batch_interval_ms", &self.batch_interval_ms)
             .field("concurrent_requests", &self.concurrent_requests)
-            .field("max_outbox_entries", &self.max_outbox_entries)
+            .field("max_outbox_fixes", &self.max_outbox_fixes)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("backoff_initial_ms", &self.backoff_initial_ms)
@@ -274,7 +276,7 @@ impl InfluxConfig {
                 !(1..=MAX_CONCURRENT_REQUESTS).contains(&self.concurrent_requests),
                 "concurrent_requests must be between 1 and 64",
             ),
-            (self.max_outbox_entries == 0, "max_outbox_entries must be at least 1"),
+            (self.max_outbox_fixes == 0, "max_outbox_fixes must be at least 1"),
             (self.connect_timeout_ms == 0, "connect_timeout_ms must be at least 1"),
             (self.request_timeout_ms == 0, "request_timeout_ms must be at least 1"),
             (self.backoff_initial_ms == 0, "backoff_initial_ms must be at least 1"),
@@ -349,7 +351,7 @@ mod tests {
         assert_eq!(c.retention_policy, None);
         assert_eq!(c.batch_lines, 5_000);
         assert_eq!(c.batch_interval_ms, 1_000);
-        assert_eq!(c.max_outbox_entries, 10_000_000);
+        assert_eq!(c.max_outbox_fixes, 10_000_000);
         assert_eq!(c.connect_timeout_ms, 2_000);
         assert_eq!(c.request_timeout_ms, 30_000);
         assert_eq!(c.backoff_initial_ms, 100);

@@ -1,7 +1,7 @@
 //! Committed fixes as InfluxDB line-protocol points.
 //!
 //! Enters: a courier id and a [`StoredFix`] from the commit path. Leaves: one line (no trailing
-//! newline) for the `influx_outbox` tree. Pure: no I/O, no clock.
+//! newline) for the shipper. Pure: no I/O, no clock.
 //!
 //! # Schema
 //!

@@ -188,7 +188,7 @@ pub struct HealthHandle {
 impl HealthHandle {
     /// The current state.
     pub fn snapshot(&self) -> InfluxHealth {
-        let outbox_full = self.outbox.is_full();
+        let outbox_full = self.outbox.at_limit();
         let s = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = if s.unreachable {
             InfluxState::Unreachable
@@ -202,7 +202,7 @@ impl HealthHandle {
             url: self.url.clone(),
             api: self.api,
             outbox_depth: self.outbox.depth(),
-            outbox_limit: self.outbox.max_entries(),
+            outbox_limit: self.outbox.max_fixes(),
             outbox_full,
             // A read error here only costs the health page this one value.
             oldest_received_ms: self.outbox.oldest_received_ms().ok().flatten(),

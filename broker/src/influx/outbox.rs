@@ -1,55 +1,26 @@
-//! The InfluxDB outbox: the sled tree `influx_outbox`, written by the commit path, drained by
-//! the [`Shipper`](super::Shipper).
+//! The InfluxDB outbox: the part of the store's commit log the shipper has not finished.
 //!
-//! Enters: one entry per commit, inserted in the same atomic sled batch as the fixes it
-//! describes. Key = `db.generate_id()` as u64 big-endian, so entries are in commit order; value
-//! = the commit's lines from [`point`](super::line_protocol::point), newline-separated (see
-//! [`entry`]), which is already a line-protocol body. Leaves: whole entries read oldest-first by
-//! the shipper, removed only once InfluxDB took (or dead-lettered) every line in them.
+//! There is no second copy of a fix: the [`Shipper`](super::Shipper) reads log entries after
+//! its cursor ([`Store::shipper_read`]), turns each entry's fixes into line protocol with
+//! [`point`](super::line_protocol::point), and tells the store once InfluxDB took (or
+//! dead-lettered) every line of an entry ([`Store::shipper_done`]), which moves the cursor.
+//! A batch of a commit's lines is an [`Entry`]: a commit under load holds hundreds of fixes,
+//! so the per-entry costs all but vanish.
 //!
-//! Why an entry per commit and not per line: sled costs microseconds per key read and removed,
-//! which at 100k fixes/s was most of the shipper's CPU. A commit under load holds hundreds of
-//! fixes, so the per-key cost all but vanishes. Entries written one line each (before this
-//! format, or by a commit of one fix) are the same format with one line.
-//!
-//! Depth: sled's `Tree::len` walks the whole tree, far too slow to ask per commit, so the depth
-//! (in lines) is a counter: counted up once a commit has applied ([`Outbox::record_enqueued`]),
-//! down when the shipper removes entries, and set to the true count whenever the shipper reads
-//! the whole outbox in one batch (the common case when it keeps up). Between two such reads it
-//! can be off by the lines of a commit in progress; that only moves the size limit by a
-//! commit's worth. The counter is set from a full count at [`Outbox::open`].
+//! Depth and limit count fixes (lines): the store counts them as commits are written and as
+//! the shipper finishes them. At `[influx] max_outbox_fixes` the intake takes no more reports
+//! (acks held back), so an InfluxDB outage never grows the log without bound.
 
 use super::config::InfluxConfig;
-use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use super::line_protocol::{self, SchemaConfig};
+use crate::store::{LogEntry, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// The sled tree holding the outbox.
-pub const OUTBOX_TREE: &str = "influx_outbox";
-
-/// The outbox value for the lines of one commit: newline-separated, no trailing newline.
-/// `None` when there are no lines (then the commit adds no entry).
-pub fn entry<L: AsRef<str>>(lines: &[L]) -> Option<Vec<u8>> {
-    let (first, rest) = lines.split_first()?;
-    let size = lines.iter().map(|l| l.as_ref().len() + 1).sum();
-    let mut value = Vec::with_capacity(size);
-    value.extend_from_slice(first.as_ref().as_bytes());
-    for line in rest {
-        value.push(b'\n');
-        value.extend_from_slice(line.as_ref().as_bytes());
-    }
-    Some(value)
-}
-
-/// The lines of an outbox value (the inverse of [`entry`]).
-pub fn lines_of(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b'\n')
-}
-
-/// One outbox entry as the shipper reads it.
+/// The lines of one log entry as the shipper reads it.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
+    /// The log id, big-endian (the shipper's "after" position).
     pub(crate) key: sled::IVec,
     /// Newline-separated lines.
     pub(crate) value: sled::IVec,
@@ -58,11 +29,6 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    fn new(key: sled::IVec, value: sled::IVec) -> Entry {
-        let lines = lines_in(&value);
-        Entry { key, value, lines }
-    }
-
     /// Each line, as a slice of the entry's buffer (no copy).
     pub(crate) fn split_lines(&self) -> impl Iterator<Item = sled::IVec> + '_ {
         let mut start = 0;
@@ -72,15 +38,18 @@ impl Entry {
             piece
         })
     }
+
+    fn id(&self) -> u64 {
+        self.key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)
+    }
 }
 
-/// How many lines an outbox value holds.
-fn lines_in(value: &[u8]) -> u64 {
-    1 + value.iter().filter(|&&b| b == b'\n').count() as u64
+/// The lines of an outbox value.
+pub fn lines_of(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b'\n')
 }
 
-/// The durable queue of lines waiting for InfluxDB. Cheap to clone; all clones share one
-/// depth counter.
+/// The shipper's view of the commit log. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     inner: Arc<Inner>,
@@ -88,152 +57,117 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct Inner {
-    tree: sled::Tree,
-    max_entries: u64,
+    store: Store,
+    schema: SchemaConfig,
+    max_fixes: u64,
     batch_lines: u64,
-    depth: AtomicU64,
-    /// Whether the outbox was full when last asked, so logs say it once per episode.
-    full: AtomicBool,
     /// Wakes the shipper when a full batch is waiting.
     batch_ready: Notify,
 }
 
 impl Outbox {
-    /// Opens the `influx_outbox` tree of `db` and counts what is left in it from before.
-    pub fn open(db: &sled::Db, config: &InfluxConfig) -> Result<Outbox, sled::Error> {
-        Outbox::from_tree(db.open_tree(OUTBOX_TREE)?, config)
-    }
-
-    /// Wraps an already open outbox tree and counts what is left in it from before.
-    pub fn from_tree(tree: sled::Tree, config: &InfluxConfig) -> Result<Outbox, sled::Error> {
-        // One walk at start (seconds for millions of lines after a long outage); from then on
-        // the depth is counted.
-        let mut depth = 0u64;
-        for value in tree.iter().values() {
-            depth += lines_in(&value?);
+    /// The outbox of `store` (opened with `keep_for_shipper`), with what was left from before.
+    pub fn open(store: &Store, config: &InfluxConfig) -> Outbox {
+        let waiting = store.shipper_pending();
+        if waiting > 0 {
+            tracing::info!(
+                lines = waiting,
+                "InfluxDB outbox holds fixes from before; shipping them"
+            );
         }
-        if depth > 0 {
-            tracing::info!(lines = depth, "InfluxDB outbox holds lines from before; shipping them");
-        }
-        Ok(Outbox {
+        Outbox {
             inner: Arc::new(Inner {
-                tree,
-                max_entries: config.max_outbox_entries,
+                store: store.clone(),
+                schema: config.schema(),
+                max_fixes: config.max_outbox_fixes,
                 batch_lines: config.batch_lines as u64,
-                depth: AtomicU64::new(depth),
-                full: AtomicBool::new(false),
                 batch_ready: Notify::new(),
             }),
-        })
-    }
-
-    /// The sled tree (for the commit path's transaction).
-    pub fn tree(&self) -> &sled::Tree {
-        &self.inner.tree
-    }
-
-    /// Counts `lines` lines a commit has just added. Call it after the commit applied, so a
-    /// failed commit never counts.
-    pub fn record_enqueued(&self, lines: u64) {
-        if lines == 0 {
-            return;
         }
-        let depth = self.inner.depth.fetch_add(lines, Ordering::Relaxed) + lines;
-        if depth >= self.inner.batch_lines {
+    }
+
+    /// Tells the shipper a commit was written (it wakes once a full batch waits).
+    pub fn committed(&self) {
+        if self.depth() >= self.inner.batch_lines {
             self.inner.batch_ready.notify_one();
         }
     }
 
-    /// Lines waiting (see the module doc for how exact this is).
+    /// Fixes (lines) waiting.
     pub fn depth(&self) -> u64 {
-        self.inner.depth.load(Ordering::Relaxed)
+        self.inner.store.shipper_pending()
     }
 
-    /// The configured size limit, lines.
-    pub fn max_entries(&self) -> u64 {
-        self.inner.max_entries
+    /// The configured size limit, fixes.
+    pub fn max_fixes(&self) -> u64 {
+        self.inner.max_fixes
     }
 
-    /// Whether the outbox holds `max_outbox_entries` lines or more (no logging; see
-    /// [`Outbox::is_full`] for the server's check).
+    /// Whether the outbox holds `max_outbox_fixes` fixes or more: the intake must stop taking
+    /// reports.
     pub fn at_limit(&self) -> bool {
-        self.depth() >= self.inner.max_entries
+        self.depth() >= self.inner.max_fixes
     }
 
-    /// Whether the outbox is at its size limit: the pipeline must stop acking new reports.
-    /// Logs when the outbox becomes full and when it has room again.
-    pub fn is_full(&self) -> bool {
-        let full = self.at_limit();
-        if self.inner.full.swap(full, Ordering::Relaxed) != full {
-            if full {
-                tracing::warn!(
-                    limit = self.inner.max_entries,
-                    "InfluxDB outbox is full: new reports are not acked (devices keep and resend \
-                     them) until InfluxDB takes writes again"
-                );
-            } else {
-                tracing::info!(depth = self.depth(), "InfluxDB outbox has room again");
+    /// Server receive time (Unix ms) of the oldest waiting fix, `None` when nothing waits.
+    pub fn oldest_received_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.store.shipper_read(None, 1)?.first().and_then(|(_, entry)| match entry {
+            LogEntry::Commit(record) => Some(record.received_ms),
+            LogEntry::LegacyLines(lines) => {
+                lines_of(lines).next().and_then(line_protocol::received_ms_of_line)
             }
-        }
-        full
-    }
-
-    /// Server receive time (Unix ms) of the oldest line, `None` when the outbox is empty.
-    pub fn oldest_received_ms(&self) -> Result<Option<u64>, sled::Error> {
-        Ok(self.inner.tree.first()?.and_then(|(_, value)| {
-            lines_of(&value).next().and_then(super::line_protocol::received_ms_of_line)
         }))
     }
 
-    /// The oldest entries after key `after` (from the start when `None`), whole, until they
-    /// hold at least `max_lines` lines (so a batch exceeds `max_lines` by less than one
-    /// commit). Resynchronises the depth counter when it read from the start to the end.
+    /// The oldest entries after the one with key `after` (from the shipper's cursor when
+    /// `None`), whole, until they hold at least `max_lines` lines (so a batch exceeds
+    /// `max_lines` by less than one commit). Entries without fixes are finished on the spot.
     pub(crate) fn read_batch(
         &self,
         after: Option<&[u8]>,
         max_lines: usize,
-    ) -> Result<Vec<Entry>, sled::Error> {
-        let mut entries = match after {
-            None => self.inner.tree.iter(),
-            Some(key) => {
-                self.inner.tree.range::<&[u8], _>((Bound::Excluded(key), Bound::Unbounded))
-            }
-        };
+    ) -> Result<Vec<Entry>, StoreError> {
+        let after = after.and_then(|k| k.try_into().ok()).map(u64::from_be_bytes);
         let mut batch = Vec::new();
-        let mut lines = 0u64;
-        while lines < max_lines as u64 {
-            let Some(next) = entries.next() else {
-                if after.is_none() {
-                    self.inner.depth.store(lines, Ordering::Relaxed);
+        let mut empty = Vec::new();
+        for (id, entry) in self.inner.store.shipper_read(after, max_lines as u64)? {
+            let (value, lines) = match entry {
+                LogEntry::Commit(record) => {
+                    let mut value = String::with_capacity(record.fixes.len() * 128);
+                    for (i, (courier, fix)) in record.stored_fixes().enumerate() {
+                        if i > 0 {
+                            value.push('\n');
+                        }
+                        line_protocol::write_point(&mut value, courier, &fix, &self.inner.schema);
+                    }
+                    (value.into_bytes(), record.fixes.len() as u64)
                 }
-                break;
+                LogEntry::LegacyLines(lines) => {
+                    let count = 1 + lines.iter().filter(|&&b| b == b'\n').count() as u64;
+                    (lines, count)
+                }
             };
-            let (key, value) = next?;
-            let entry = Entry::new(key, value);
-            lines += entry.lines;
-            batch.push(entry);
+            if lines == 0 {
+                empty.push((id, 0));
+                continue;
+            }
+            let key = sled::IVec::from(&id.to_be_bytes());
+            batch.push(Entry { key, value: sled::IVec::from(value), lines });
+        }
+        if !empty.is_empty() {
+            self.inner.store.shipper_done(&empty)?;
         }
         Ok(batch)
     }
 
-    /// Removes shipped (or dead-lettered) entries. Not flushed: if a crash undoes a removal,
-    /// the lines are written again, and InfluxDB overwrites identical points.
+    /// Finishes shipped (or dead-lettered) entries. Not flushed: if a crash undoes it, the
+    /// lines are written again, and InfluxDB overwrites identical points.
     pub(crate) fn remove<'a>(
         &self,
         entries: impl IntoIterator<Item = &'a Entry>,
-    ) -> Result<(), sled::Error> {
-        let mut batch = sled::Batch::default();
-        let mut removed = 0u64;
-        for entry in entries {
-            batch.remove(entry.key.clone());
-            removed += entry.lines;
-        }
-        self.inner.tree.apply_batch(batch)?;
-        // Saturating: a resync may already have counted these out.
-        let _ = self.inner.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-            Some(d.saturating_sub(removed))
-        });
-        Ok(())
+    ) -> Result<(), StoreError> {
+        let done: Vec<(u64, u64)> = entries.into_iter().map(|e| (e.id(), e.lines)).collect();
+        self.inner.store.shipper_done(&done)
     }
 
     /// Resolves when a full batch may be waiting.
@@ -245,70 +179,52 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::influx::line_protocol::{point, SchemaConfig};
-    use crate::store::StoredFix;
+    use crate::store::{Commit, RecordBuilder, StoreOptions};
     use locus_sdk::wire::Fix;
 
     fn config(max: u64, batch: usize) -> InfluxConfig {
-        InfluxConfig { max_outbox_entries: max, batch_lines: batch, ..InfluxConfig::default() }
+        InfluxConfig { max_outbox_fixes: max, batch_lines: batch, ..InfluxConfig::default() }
     }
 
-    fn line(ts: u64) -> String {
-        let fix = StoredFix {
-            fix: Fix::from_degrees(ts, 1.0, 2.0),
-            attributes: vec![],
-            received_ms: 10 + ts,
-        };
-        point("c1", &fix, &SchemaConfig::default())
-    }
-
-    #[test]
-    fn entries_hold_the_lines_of_a_commit() {
-        assert_eq!(entry::<String>(&[]), None);
-        let value = entry(&["a 1", "b 2", "c 3"]).unwrap();
-        assert_eq!(value, b"a 1\nb 2\nc 3");
-        assert_eq!(lines_of(&value).collect::<Vec<_>>(), [&b"a 1"[..], b"b 2", b"c 3"]);
-        let read = Entry::new(sled::IVec::from(&b"k"[..]), sled::IVec::from(value));
-        assert_eq!(read.lines, 3);
-        let split: Vec<_> = read.split_lines().collect();
-        assert_eq!(split, [&b"a 1"[..], b"b 2", b"c 3"]);
+    fn commit(store: &Store, times: &[u64]) {
+        let mut record = RecordBuilder::new(10);
+        for &ts in times {
+            record.fix("c1", Fix::from_degrees(ts, 1.0, 2.0), vec![]);
+        }
+        store.commit(Commit { record: record.finish(), ..Commit::default() }).unwrap();
     }
 
     #[test]
-    fn counts_lines_limits_and_resyncs() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree(OUTBOX_TREE).unwrap();
-        // Left from before: an entry of one line, the way older versions wrote every line.
-        tree.insert(1u64.to_be_bytes(), &b"left from before"[..]).unwrap();
-        let outbox = Outbox::open(&db, &config(4, 2)).unwrap();
+    fn counts_fixes_limits_and_reads_whole_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), StoreOptions { keep_for_shipper: true }).unwrap();
+        // Left from before: lines an older release queued.
+        store.append_lines(b"left from before".to_vec()).unwrap();
+        let outbox = Outbox::open(&store, &config(4, 2));
         assert_eq!(outbox.depth(), 1);
-        assert!(!outbox.is_full());
+        assert!(!outbox.at_limit());
 
-        // Two commits of two and one lines.
-        tree.insert(2u64.to_be_bytes(), entry(&[line(2), line(3)]).unwrap()).unwrap();
-        outbox.record_enqueued(2);
-        tree.insert(3u64.to_be_bytes(), entry(&[line(4)]).unwrap()).unwrap();
-        outbox.record_enqueued(1);
+        commit(&store, &[2, 3]);
+        commit(&store, &[4]);
         assert_eq!(outbox.depth(), 4);
-        assert!(outbox.is_full());
+        assert!(outbox.at_limit());
         // The oldest line was not written by `point`: no receive time to read.
         assert_eq!(outbox.oldest_received_ms().unwrap(), None);
 
         // Whole entries until the batch holds at least two lines.
         let batch = outbox.read_batch(None, 2).unwrap();
         assert_eq!(batch.iter().map(|e| e.lines).collect::<Vec<_>>(), [1, 2]);
-        // After a batch in flight: the next entries, and no resync (the depth is still 4).
+        let lines: Vec<_> = batch[1].split_lines().collect();
+        assert!(lines[0].starts_with(b"courier_location,courier=c1 lat=1,lon=2"), "{lines:?}");
+        // After a batch in flight: the next entries.
         let next = outbox.read_batch(Some(&batch[1].key), 10).unwrap();
         assert_eq!(next.iter().map(|e| e.lines).collect::<Vec<_>>(), [1]);
-        assert_eq!(outbox.depth(), 4);
         outbox.remove(&batch).unwrap();
         assert_eq!(outbox.depth(), 1);
-        assert!(!outbox.is_full());
-        assert_eq!(outbox.oldest_received_ms().unwrap(), Some(14));
-
-        // A miscount heals when the shipper sees the whole outbox.
-        outbox.record_enqueued(5);
-        assert_eq!(outbox.read_batch(None, 10).unwrap().len(), 1);
-        assert_eq!(outbox.depth(), 1);
+        assert!(!outbox.at_limit());
+        assert_eq!(outbox.oldest_received_ms().unwrap(), Some(10));
+        outbox.remove(&next).unwrap();
+        assert_eq!(outbox.depth(), 0);
+        assert!(outbox.read_batch(None, 10).unwrap().is_empty());
     }
 }

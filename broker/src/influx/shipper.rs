@@ -79,7 +79,7 @@ impl Shipper {
         dead_letters: DeadLetterSink,
     ) -> Result<Shipper, InfluxError> {
         let writer = Writer::new(config)?;
-        metrics.outbox_limit.set(i64::try_from(outbox.max_entries()).unwrap_or(i64::MAX));
+        metrics.outbox_limit.set(i64::try_from(outbox.max_fixes()).unwrap_or(i64::MAX));
         let health = HealthHandle {
             state: Arc::new(Mutex::new(HealthState::default())),
             outbox: outbox.clone(),
@@ -393,7 +393,7 @@ impl Shipper {
     fn refresh_gauges(&self) {
         let depth = self.outbox.depth();
         self.metrics.outbox_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
-        self.metrics.outbox_full.set(i64::from(self.outbox.is_full()));
+        self.metrics.outbox_full.set(i64::from(self.outbox.at_limit()));
         let age = match self.outbox.oldest_received_ms() {
             Ok(Some(received)) => now_ms().saturating_sub(received) as f64 / 1000.0,
             _ => 0.0,

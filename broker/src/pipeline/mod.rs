@@ -1,34 +1,35 @@
 //! The ingest pipeline: MQTT publish → decode → validate → dedup → plugins → commit → flush → ack.
 //!
 //! Enters: publishes on `couriers/+/locations` from the embedded broker's local link.
-//! Leaves: one atomic sled batch per group of reports ([`crate::store::CommitBatch`]) and, once
-//! the batch is flushed, a retained ack per courier on `couriers/{courier}/acks` carrying the
-//! highest committed seq.
+//! Leaves: one [`Commit`] per group of reports (one commit-log entry in the store) and, once it
+//! is flushed, a retained ack per courier on `couriers/{courier}/acks` carrying the courier's
+//! watermark: every seq up to it is committed (see [`crate::store::seqs`]).
 //!
 //! Two threads, so that taking in the next group overlaps the fsync of the previous one:
-//! - `pipeline-intake` ([`Intake`]): drains whatever the broker has, builds and applies a batch
-//!   (visible to reads, not yet durable), hands the acks it owes to the committer;
-//! - `pipeline-commit` ([`run_committer`]): flushes once for every group of batches waiting
+//! - `pipeline-intake` ([`Intake`]): drains whatever the broker has, builds a commit and writes
+//!   it (visible to reads, not yet durable), hands the acks it owes to the committer;
+//! - `pipeline-commit` ([`run_committer`]): flushes once for every group of commits waiting
 //!   (group commit), then publishes their acks. Nothing is acked before it is on disk.
 //!
 //! Bad input never stops the pipeline: each problem becomes a [`DeadLetter`] with a reason
 //! code, counted in `locus_dead_letters_total{reason}`.
 
+pub mod config;
 pub mod validate;
 
+pub use config::PipelineConfig;
 pub use validate::{FixProblem, ReportProblem};
 
-use crate::config::PipelineConfig;
-use crate::influx::{line_protocol, Outbox, SchemaConfig};
+use crate::influx::Outbox;
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
-use crate::store::{CommitBatch, DeadLetter, Store, StoreError, StoredFix};
+use crate::store::{Commit, DeadLetter, RecordBuilder, SeqTake, SeqWindow, Store, StoreError};
 use bytes::Bytes;
 use locus_sdk::wire::{self, Fix};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -60,23 +61,15 @@ pub struct TransformOutput {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// The courier a locations topic belongs to. This is the seam for topic authorization: today
-/// the identity is the topic's courier (CONNECT already proved the username is a courier with a
-/// valid token and client id = username).
+/// The courier a locations topic belongs to (the broker's ACL hook already checked that the
+/// publisher is that courier).
 pub fn courier_of(topic: &str) -> Option<&str> {
     locus_sdk::topics::courier_of_locations(topic)
 }
 
 pub use locus_sdk::wire::now_ms;
 
-/// What the pipeline remembers per courier between batches (loaded from sled on first sight).
-#[derive(Debug, Clone, Copy)]
-struct CourierState {
-    committed_seq: u64,
-    last_ts_ms: Option<u64>,
-}
-
-/// Acks owed once a batch is durable.
+/// Acks owed once a commit is durable.
 #[derive(Debug)]
 struct PendingAcks {
     first_received: Instant,
@@ -85,21 +78,25 @@ struct PendingAcks {
     acks: HashMap<String, u64>,
 }
 
-/// The intake stage: owns the courier cache and builds commit batches.
+/// What one batch knows of a courier while it is being built: its committed seqs with this
+/// batch's reports taken, and the device times it has (to refuse a second fix at one).
+#[derive(Debug)]
+struct CourierInBatch {
+    seqs: SeqWindow,
+    /// The newest device time committed or in this batch: a fix after it is new for sure.
+    newest_ts: Option<u64>,
+    /// Device times of this batch's fixes.
+    times: HashSet<u64>,
+}
+
+/// The intake stage: builds commits and writes them.
 #[allow(missing_debug_implementations)] // holds trait objects
 pub struct Intake {
     config: PipelineConfig,
     store: Store,
     metrics: Arc<Metrics>,
-    couriers: HashMap<String, CourierState>,
     transform: Option<Box<dyn FixTransform>>,
-    influx: Option<InfluxQueue>,
-}
-
-/// Where committed fixes are queued for InfluxDB (when `[influx]` is on).
-struct InfluxQueue {
-    outbox: Outbox,
-    schema: SchemaConfig,
+    influx: Option<Outbox>,
 }
 
 /// Where a backfilled fix ([`Intake::build_fixes`]) came from.
@@ -114,17 +111,24 @@ pub struct BackfillSource {
 /// What one call of [`Intake::build`] produced.
 #[derive(Debug, Default)]
 pub struct BuiltBatch {
-    /// The changes to apply.
-    pub commit: CommitBatch,
+    /// The changes to write.
+    pub commit: Commit,
     acks: HashMap<String, u64>,
     reports: u64,
     fixes: u64,
 }
 
+/// A batch being built.
+struct Building {
+    record: RecordBuilder,
+    couriers: HashMap<String, CourierInBatch>,
+    out: BuiltBatch,
+}
+
 impl Intake {
     /// A new intake stage over `store`.
     pub fn new(config: PipelineConfig, store: Store, metrics: Arc<Metrics>) -> Intake {
-        Intake { config, store, metrics, couriers: HashMap::new(), transform: None, influx: None }
+        Intake { config, store, metrics, transform: None, influx: None }
     }
 
     /// Puts a transform (the plugin chain) between validation and commit.
@@ -133,67 +137,71 @@ impl Intake {
         self
     }
 
-    /// Queues an InfluxDB point for every committed fix in `outbox`; while the outbox is full
-    /// the running pipeline takes no reports in (acks held back, devices keep them).
-    pub fn with_influx_outbox(mut self, outbox: Outbox, schema: SchemaConfig) -> Intake {
-        self.influx = Some(InfluxQueue { outbox, schema });
+    /// Watches the InfluxDB outbox: while it is at its limit the running pipeline takes no
+    /// reports in (acks held back, devices keep them).
+    pub fn with_influx_outbox(mut self, outbox: Outbox) -> Intake {
+        self.influx = Some(outbox);
         self
     }
 
-    /// Applies a built batch to the store (atomically; durable at the next flush) and counts
-    /// its InfluxDB lines into the outbox depth. On failure nothing of it is applied, and the
-    /// courier cache is dropped, since it may have run ahead of sled.
-    pub fn apply(&mut self, commit: &CommitBatch) -> Result<(), StoreError> {
-        if let Err(e) = self.store.apply(commit) {
-            self.couriers.clear();
-            return Err(e);
-        }
-        if let Some(influx) = &self.influx {
-            influx.outbox.record_enqueued(commit.influx_points.len() as u64);
+    /// Writes a built batch (its log entry, dead letters and replay progress at once; durable
+    /// at the next flush). On failure nothing of it is written.
+    pub fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
+        self.store.commit(commit)?;
+        if let Some(outbox) = &self.influx {
+            outbox.committed();
         }
         Ok(())
     }
 
-    fn courier_state(&mut self, courier: &str) -> Result<CourierState, StoreError> {
-        if let Some(state) = self.couriers.get(courier) {
-            return Ok(*state);
+    fn courier<'a>(&self, building: &'a mut Building, courier: &str) -> &'a mut CourierInBatch {
+        if !building.couriers.contains_key(courier) {
+            let state = CourierInBatch {
+                seqs: self.store.seq_window(courier),
+                newest_ts: self.store.last_ts(courier),
+                times: HashSet::new(),
+            };
+            building.couriers.insert(courier.to_owned(), state);
         }
-        let state = CourierState {
-            committed_seq: self.store.committed_seq(courier)?,
-            last_ts_ms: self.store.last_location(courier)?.map(|f| f.fix.ts_ms),
-        };
-        self.couriers.insert(courier.to_owned(), state);
-        Ok(state)
+        building.couriers.get_mut(courier).expect("just inserted")
     }
 
-    /// Builds one commit batch from raw publishes `(topic, payload)`.
+    /// Builds one commit from raw publishes `(topic, payload)`.
     pub fn build(
         &mut self,
         publishes: &[(Bytes, Bytes)],
         received_ms: u64,
     ) -> Result<BuiltBatch, StoreError> {
-        let mut out = BuiltBatch::default();
+        let mut building = Building {
+            record: RecordBuilder::new(received_ms),
+            couriers: HashMap::new(),
+            out: BuiltBatch::default(),
+        };
         let mut pending = Vec::new();
         for (topic, payload) in publishes {
-            self.take_report(topic, payload, received_ms, &mut pending, &mut out)?;
+            self.take_report(topic, payload, received_ms, &mut pending, &mut building)?;
         }
-        self.transform_and_commit(pending, received_ms, &mut out)?;
-        Ok(out)
+        self.transform_and_commit(pending, &mut building);
+        Ok(finish(building))
     }
 
-    /// Builds one commit batch from fixes that did not come from a report (the backfill of
-    /// `locusd replay`): each is validated like a reported fix, then goes through the plugin
-    /// chain and into the track, last locations and InfluxDB outbox. No seq advances and no ack
-    /// is owed. Each fix comes with [`BackfillSource`]: where it came from (e.g. `line 12`,
-    /// the prefix of its dead letter's detail) and the input bytes it was read from (its dead
-    /// letter's payload); `topic` names the source in dead letters.
+    /// Builds one commit from fixes that did not come from a report (the backfill of `locusd
+    /// replay`): each is validated like a reported fix, then goes through the plugin chain and
+    /// into the track, last locations and InfluxDB. No seq advances and no ack is owed. Each
+    /// fix comes with [`BackfillSource`]: where it came from (e.g. `line 12`, the prefix of its
+    /// dead letter's detail) and the input bytes it was read from (its dead letter's payload);
+    /// `topic` names the source in dead letters. The caller skips fixes the track already has.
     pub fn build_fixes(
         &mut self,
         fixes: Vec<(PendingFix, BackfillSource)>,
         received_ms: u64,
         topic: &str,
     ) -> Result<BuiltBatch, StoreError> {
-        let mut out = BuiltBatch::default();
+        let mut building = Building {
+            record: RecordBuilder::new(received_ms),
+            couriers: HashMap::new(),
+            out: BuiltBatch::default(),
+        };
         let mut pending = Vec::with_capacity(fixes.len());
         for (fix, source) in fixes {
             self.metrics.fixes_received.inc();
@@ -208,38 +216,87 @@ impl Intake {
                         received_ms,
                         payload: source.input,
                     };
-                    self.refuse(letter, &mut out);
+                    self.refuse(letter, &mut building.out);
                 }
             }
         }
-        self.transform_and_commit(pending, received_ms, &mut out)?;
-        Ok(out)
+        self.transform_and_commit(pending, &mut building);
+        Ok(finish(building))
     }
 
     /// Runs validated fixes through the transform and adds the kept ones to the batch.
-    fn transform_and_commit(
-        &mut self,
-        pending: Vec<PendingFix>,
-        received_ms: u64,
-        out: &mut BuiltBatch,
-    ) -> Result<(), StoreError> {
+    fn transform_and_commit(&mut self, pending: Vec<PendingFix>, building: &mut Building) {
         let kept = match &mut self.transform {
             Some(transform) if !pending.is_empty() => {
                 let output = transform.process(pending);
                 for letter in &output.dead_letters {
                     self.metrics.dead_letter(&letter.reason);
                 }
-                out.commit.dead_letters.extend(output.dead_letters);
+                building.out.commit.dead_letters.extend(output.dead_letters);
                 output.kept
             }
             _ => pending,
         };
+        building.out.fixes += kept.len() as u64;
         for PendingFix { courier, fix, attributes } in kept {
-            let stored = StoredFix { fix, attributes, received_ms };
-            self.commit_fix(courier, stored, &mut out.commit)?;
-            out.fixes += 1;
+            building.record.fix(&courier, fix, attributes);
         }
-        Ok(())
+    }
+
+    /// Takes `courier`'s report `seq` into the batch; returns whether it is to be stored.
+    /// Duplicates are acked again; a report past too many gaps is neither stored nor acked.
+    fn take_seq(&mut self, building: &mut Building, courier: &str, seq: u64) -> bool {
+        let state = self.courier(building, courier);
+        let take = state.seqs.take(seq);
+        let watermark = state.seqs.watermark();
+        match take {
+            SeqTake::Fresh => {
+                building.record.report(courier, seq);
+                building.out.acks.insert(courier.to_owned(), watermark);
+                true
+            }
+            SeqTake::Duplicate => {
+                self.metrics.duplicate_reports.inc();
+                building.out.acks.insert(courier.to_owned(), watermark);
+                false
+            }
+            SeqTake::TooManyGaps => {
+                self.metrics.reports_deferred.inc();
+                tracing::warn!(
+                    courier,
+                    seq,
+                    watermark,
+                    "report not taken: the courier has too many missing seqs below it (it is \
+                     not acked, so the device sends it again)"
+                );
+                false
+            }
+        }
+    }
+
+    /// Whether `courier` already has a fix at device time `ts` (committed or in this batch);
+    /// records it when not.
+    fn time_taken(
+        &mut self,
+        building: &mut Building,
+        courier: &str,
+        ts: u64,
+    ) -> Result<bool, StoreError> {
+        let state = self.courier(building, courier);
+        if state.newest_ts.is_none_or(|newest| ts > newest) {
+            state.newest_ts = Some(ts);
+            state.times.insert(ts);
+            return Ok(false);
+        }
+        if state.times.contains(&ts) {
+            return Ok(true);
+        }
+        // Older than the newest: the track may have it (rare: backlogs arrive in order).
+        let taken = self.store.has_track_fix(courier, ts)?;
+        if !taken {
+            self.courier(building, courier).times.insert(ts);
+        }
+        Ok(taken)
     }
 
     fn take_report(
@@ -248,7 +305,7 @@ impl Intake {
         payload: &[u8],
         received_ms: u64,
         pending: &mut Vec<PendingFix>,
-        out: &mut BuiltBatch,
+        building: &mut Building,
     ) -> Result<(), StoreError> {
         self.metrics.reports_received.inc();
         let topic_text = String::from_utf8_lossy(topic);
@@ -263,37 +320,45 @@ impl Intake {
             };
         let Some(courier) = courier_of(&topic_text).map(str::to_owned) else {
             let letter = dead_letter(&ReportProblem::BadTopic, None, payload);
-            self.refuse(letter, out);
+            self.refuse(letter, &mut building.out);
             return Ok(());
         };
         let report = match validate::decode_report(payload, &self.config) {
             Ok(report) => report,
             Err((problem, None)) => {
                 let letter = dead_letter(&problem, Some(&courier), payload);
-                self.refuse(letter, out);
+                self.refuse(letter, &mut building.out);
                 return Ok(());
             }
             // Well-formed but unacceptable as a whole: dead-letter it and consume its seq, so
             // the device stops resending something that can never be taken.
             Err((problem, Some(seq))) => {
-                let letter = dead_letter(&problem, Some(&courier), payload);
-                self.refuse(letter, out);
-                return self.advance_seq(&courier, seq, out).map(|_| ());
+                if self.take_seq(building, &courier, seq) {
+                    let letter = dead_letter(&problem, Some(&courier), payload);
+                    self.refuse(letter, &mut building.out);
+                }
+                return Ok(());
             }
         };
         self.metrics.fixes_received.inc_by(report.fixes.len() as u64);
-        if !self.advance_seq(&courier, report.seq, out)? {
-            self.metrics.duplicate_reports.inc();
+        if !self.take_seq(building, &courier, report.seq) {
             return Ok(());
         }
-        out.reports += 1;
+        building.out.reports += 1;
         // Good fixes are kept, bad ones refused: one dead letter per distinct reason, holding
         // the payload as received (never a rebuilt report) and naming the refused fixes, so a
         // report of many bad fixes costs a few letters, not one copy of itself per fix.
         let total = report.fixes.len();
         let mut refused: Vec<(usize, FixProblem)> = Vec::new();
         for (index, fix) in report.fixes.into_iter().enumerate() {
-            match validate::check_fix(&fix, received_ms, &self.config) {
+            let checked = validate::check_fix(&fix, received_ms, &self.config);
+            let checked = match checked {
+                Ok(()) if self.time_taken(building, &courier, fix.ts_ms)? => {
+                    Err(FixProblem::SameDeviceTime { ts_ms: fix.ts_ms })
+                }
+                other => other,
+            };
+            match checked {
                 Ok(()) => {
                     pending.push(PendingFix { courier: courier.clone(), fix, attributes: vec![] })
                 }
@@ -301,7 +366,7 @@ impl Intake {
             }
         }
         let mut reasons: Vec<&'static str> = refused.iter().map(|(_, p)| p.code()).collect();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         reasons.retain(|r| seen.insert(*r));
         for reason in reasons {
             let letter = DeadLetter {
@@ -312,7 +377,7 @@ impl Intake {
                 received_ms,
                 payload: payload.to_vec(),
             };
-            self.refuse(letter, out);
+            self.refuse(letter, &mut building.out);
         }
         Ok(())
     }
@@ -322,55 +387,12 @@ impl Intake {
         tracing::debug!(reason = %letter.reason, detail = %letter.detail, topic = %letter.topic, "dead letter");
         out.commit.dead_letters.push(letter);
     }
+}
 
-    /// Records that `seq` is taken for `courier` and that an ack is owed. Returns false for a
-    /// duplicate (at or below the committed seq), which is acked again but not reapplied.
-    fn advance_seq(
-        &mut self,
-        courier: &str,
-        seq: u64,
-        out: &mut BuiltBatch,
-    ) -> Result<bool, StoreError> {
-        let mut state = self.courier_state(courier)?;
-        let fresh = seq > state.committed_seq;
-        if fresh {
-            state.committed_seq = seq;
-            self.couriers.insert(courier.to_owned(), state);
-            out.commit.committed_seq.insert(courier.to_owned(), seq);
-        }
-        out.acks.insert(courier.to_owned(), state.committed_seq);
-        Ok(fresh)
-    }
-
-    fn commit_fix(
-        &mut self,
-        courier: String,
-        stored: StoredFix,
-        batch: &mut CommitBatch,
-    ) -> Result<(), StoreError> {
-        let ts = stored.fix.ts_ms;
-        let mut state = self.courier_state(&courier)?;
-        // The newest device time wins, never the later arrival.
-        if state.last_ts_ms.is_none_or(|last| ts >= last) {
-            state.last_ts_ms = Some(ts);
-            self.couriers.insert(courier.clone(), state);
-            batch.last_location.insert(courier.clone(), stored.clone());
-        }
-        if let Some(order) = stored.fix.order() {
-            let newer = match batch.order_location.get(order) {
-                Some((_, current)) => ts >= current.fix.ts_ms,
-                None => self.store.order_location(order)?.is_none_or(|(_, f)| ts >= f.fix.ts_ms),
-            };
-            if newer {
-                batch.order_location.insert(order.to_owned(), (courier.clone(), stored.clone()));
-            }
-        }
-        if let Some(influx) = &self.influx {
-            batch.influx_points.push(line_protocol::point(&courier, &stored, &influx.schema));
-        }
-        batch.track.push((courier, stored));
-        Ok(())
-    }
+fn finish(building: Building) -> BuiltBatch {
+    let Building { record, mut out, .. } = building;
+    out.commit.record = record.finish();
+    out
 }
 
 /// The detail of a dead letter for the fixes of one report refused for `reason`: how many of the
@@ -401,11 +423,23 @@ fn run_intake(
 ) {
     let max_batch = intake.config.max_batch_reports;
     let mut publishes: Vec<(Bytes, Bytes)> = Vec::with_capacity(max_batch);
+    let mut paused = false;
     while !stop.load(Ordering::Relaxed) {
-        if let Some(influx) = &intake.influx {
-            // `is_full` logs when the outbox fills and when it has room again.
-            let paused = influx.outbox.is_full();
-            intake.metrics.acks_paused.set(i64::from(paused));
+        if let Some(outbox) = &intake.influx {
+            let full = outbox.at_limit();
+            if full != paused {
+                paused = full;
+                intake.metrics.acks_paused.set(i64::from(paused));
+                if paused {
+                    tracing::warn!(
+                        limit = outbox.max_fixes(),
+                        "InfluxDB outbox is full: new reports are not taken in (devices keep and \
+                         resend them) until InfluxDB takes writes again"
+                    );
+                } else {
+                    tracing::info!(waiting = outbox.depth(), "InfluxDB outbox has room again");
+                }
+            }
             if paused {
                 // Leave reports in the broker (and on devices, which resend what is not acked)
                 // until the outbox drains.
@@ -447,27 +481,22 @@ fn run_intake(
             continue;
         }
         let received_ms = now_ms();
-        let built = match intake.build(&publishes, received_ms) {
+        let built = intake.build(&publishes, received_ms);
+        publishes.clear();
+        let built = match built {
             Ok(built) => built,
             Err(e) => {
                 // Storage is failing: nothing of this batch is acked, so devices resend it.
-                tracing::error!(error = %e, "cannot read courier state; batch not committed");
-                publishes.clear();
-                intake.couriers.clear();
+                tracing::error!(error = %e, "cannot read the store; batch not committed");
                 continue;
             }
         };
-        publishes.clear();
-        if let Err(e) = intake.apply(&built.commit) {
-            tracing::error!(error = %e, "cannot apply commit batch; not acked, devices will resend");
+        let BuiltBatch { commit, acks, reports, fixes } = built;
+        if let Err(e) = intake.commit(commit) {
+            tracing::error!(error = %e, "cannot write the commit; not acked, devices will resend");
             continue;
         }
-        let pending = PendingAcks {
-            first_received,
-            reports: built.reports,
-            fixes: built.fixes,
-            acks: built.acks,
-        };
+        let pending = PendingAcks { first_received, reports, fixes, acks };
         if to_committer.send(pending).is_err() {
             return;
         }
@@ -483,11 +512,8 @@ fn run_committer(
 ) {
     // The broker keeps retained messages in memory only: re-announce every courier's committed
     // seq, so a device that reconnects after a server restart learns it at once.
-    for entry in store.committed_seqs() {
-        let published = entry.map_err(|e| e.to_string()).and_then(|(courier, seq)| {
-            publish_ack(&mut tx, &courier, seq).map_err(|e| e.to_string())
-        });
-        if let Err(e) = published {
+    for (courier, seq) in store.acks() {
+        if let Err(e) = publish_ack(&mut tx, &courier, seq) {
             tracing::warn!(error = %e, "cannot re-announce committed seqs; devices learn them on their next report");
             break;
         }
@@ -601,12 +627,12 @@ mod tests {
         fixes[7].lat_e7 = 0;
         fixes[7].details =
             Some(wire::FixDetails { heading_cdeg: Some(36_000), ..Default::default() });
-        let payload = wire::encode_report(&wire::Report { seq: 3, fixes });
+        let payload = wire::encode_report(&wire::Report { seq: 1, fixes });
         let topic = Bytes::from("couriers/c1/locations");
         let built = intake.build(&[(topic, Bytes::from(payload.clone()))], now).unwrap();
 
-        assert_eq!(built.commit.track.len(), 2, "fixes 0 and 5 are kept");
-        assert_eq!(built.acks.get("c1"), Some(&3));
+        assert_eq!(built.commit.record.fixes.len(), 2, "fixes 0 and 5 are kept");
+        assert_eq!(built.acks.get("c1"), Some(&1));
         let letters = &built.commit.dead_letters;
         let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
         assert_eq!(reasons, ["coordinates_out_of_range", "detail_out_of_range"]);
@@ -640,16 +666,77 @@ mod tests {
             (fix, BackfillSource { where_from: format!("line {ts}"), input })
         };
         let live = intake.build_fixes(vec![pending(now, 41.0)], now, "t").unwrap();
-        store.apply(&live.commit).unwrap();
+        intake.commit(live.commit).unwrap();
         let old = now - 365 * 24 * 3600 * 1000;
         let built =
             intake.build_fixes(vec![pending(old, 40.0), pending(old + 1, 95.0)], now, "t").unwrap();
-        assert_eq!(built.commit.track.len(), 1, "a year-old fix passes without max_age_ms");
-        assert!(built.commit.last_location.is_empty(), "older than the last location");
-        assert!(built.commit.committed_seq.is_empty() && built.acks.is_empty());
+        assert_eq!(built.commit.record.fixes.len(), 1, "a year-old fix passes without max_age_ms");
+        assert!(built.commit.record.reports.is_empty() && built.acks.is_empty());
         let letter = &built.commit.dead_letters[0];
         assert_eq!(letter.reason, "coordinates_out_of_range");
         assert!(letter.detail.starts_with(&format!("line {}: ", old + 1)), "{}", letter.detail);
         assert_eq!(letter.payload, format!("input {}", old + 1).into_bytes(), "the input as read");
+        intake.commit(built.commit).unwrap();
+        assert_eq!(store.last_location("c1").unwrap().unwrap().fix.ts_ms, now, "older than it");
+        assert_eq!(store.track("c1", None, None, 10).unwrap().len(), 2);
+    }
+
+    fn publish(courier: &str, seq: u64, times: &[u64]) -> (Bytes, Bytes) {
+        let fixes = times.iter().map(|&ts| Fix::from_degrees(ts, 41.0, 2.0)).collect();
+        let payload = wire::encode_report(&wire::Report { seq, fixes });
+        (Bytes::from(format!("couriers/{courier}/locations")), Bytes::from(payload))
+    }
+
+    #[test]
+    fn a_report_after_a_higher_seq_is_stored_and_acks_never_cover_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut intake =
+            Intake::new(PipelineConfig::default(), store.clone(), Arc::new(Metrics::new()));
+        let now = now_ms();
+        let mut ack_after = |publishes: &[(Bytes, Bytes)]| {
+            let built = intake.build(publishes, now).unwrap();
+            let ack = built.acks.get("c1").copied();
+            intake.commit(built.commit).unwrap();
+            ack
+        };
+        assert_eq!(ack_after(&[publish("c1", 1, &[now - 30])]), Some(1));
+        assert_eq!(ack_after(&[publish("c1", 3, &[now - 10])]), Some(1), "2 is missing");
+        // The same again in one batch: 3 is a duplicate now, 2 fills the gap.
+        assert_eq!(
+            ack_after(&[publish("c1", 3, &[now - 10]), publish("c1", 2, &[now - 20])]),
+            Some(3)
+        );
+        let track: Vec<u64> =
+            store.track("c1", None, None, 10).unwrap().iter().map(|f| f.fix.ts_ms).collect();
+        assert_eq!(track, [now - 30, now - 20, now - 10]);
+    }
+
+    #[test]
+    fn a_second_fix_at_the_same_device_millisecond_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut intake =
+            Intake::new(PipelineConfig::default(), store.clone(), Arc::new(Metrics::new()));
+        let now = now_ms();
+        // In one report, across reports of one batch, and against what is committed.
+        let built = intake
+            .build(
+                &[publish("c1", 1, &[now - 5, now - 5, now - 4]), publish("c1", 2, &[now - 4])],
+                now,
+            )
+            .unwrap();
+        assert_eq!(built.commit.record.fixes.len(), 2);
+        let reasons: Vec<&str> =
+            built.commit.dead_letters.iter().map(|l| l.reason.as_str()).collect();
+        assert_eq!(reasons, ["same_device_time", "same_device_time"]);
+        intake.commit(built.commit).unwrap();
+        store.checkpoint().unwrap();
+        let built = intake.build(&[publish("c1", 3, &[now - 5, now - 6])], now).unwrap();
+        assert_eq!(built.commit.record.fixes.len(), 1, "now - 6 is new, now - 5 is not");
+        assert_eq!(built.commit.dead_letters[0].reason, "same_device_time");
+        // Another courier's fix at the same millisecond is its own.
+        let built = intake.build(&[publish("c2", 1, &[now - 5])], now).unwrap();
+        assert_eq!(built.commit.record.fixes.len(), 1);
     }
 }

@@ -5,7 +5,7 @@
 //! every field inside the ranges `sdk/WIRE.md` documents (`Fix::out_of_range` is `None`) and a
 //! device time inside the configured window.
 
-use crate::config::PipelineConfig;
+use super::PipelineConfig;
 use locus_sdk::wire::{self, Fix, Report, WireError};
 
 /// Why a whole report was refused.
@@ -92,6 +92,13 @@ pub enum FixProblem {
     /// Heading above 359.99° (35999 hundredths) or battery above 100%.
     #[error("{0} out of range")]
     DetailOutOfRange(&'static str),
+    /// The courier already has a fix at this device time (a courier has one position per
+    /// millisecond: the track and InfluxDB key fixes by it).
+    #[error("the courier already has a fix at device time {ts_ms} ms")]
+    SameDeviceTime {
+        /// Device time.
+        ts_ms: u64,
+    },
 }
 
 impl FixProblem {
@@ -103,6 +110,7 @@ impl FixProblem {
             FixProblem::TooOld { .. } => "timestamp_too_old",
             FixProblem::BadOrderId => "bad_order_id",
             FixProblem::DetailOutOfRange(_) => "detail_out_of_range",
+            FixProblem::SameDeviceTime { .. } => "same_device_time",
         }
     }
 }

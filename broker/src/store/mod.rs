@@ -1,28 +1,53 @@
-//! Durable state in sled.
+//! Durable state in sled: a commit log and the views that follow it. `store` owns every durable
+//! tree; the other parts read and write through [`Store`].
 //!
-//! Enters: [`CommitBatch`]es from the pipeline (one atomic multi-tree transaction each), dead
-//! letters. Leaves: reads for the HTTP API, the InfluxDB outbox for the shipper.
+//! Enters: one [`Commit`] per group of reports from the pipeline (or of backfilled fixes from
+//! `locusd replay`), dead letters. Leaves: reads for the HTTP API, acks' seqs for the pipeline,
+//! log entries for the InfluxDB shipper.
 //!
-//! Trees (keys are bytes; values postcard):
-//! - `last_location`: courier → [`StoredFix`] (newest device time wins, never the later arrival)
-//! - `order_location`: order → ([`String`] courier, [`StoredFix`])
-//! - `track`: courier `0x00` ts_ms (u64 BE) → [`StoredFix`]; bounded by the pruner
-//! - `committed_seq`: courier → u64 BE, the highest committed report seq (dedup + acks)
-//! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`]
-//! - `influx_outbox`: id (u64 BE) → a commit's line-protocol points (see [`crate::influx::outbox`])
-//! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes)
+//! The write path is one sled value per commit, because sled costs about 10 µs per key
+//! written: written as a log it costs about 1 µs per fix, written as an index 10–20 µs.
+//! - [`log`] (tree `log`): the [`LogEntry`] of every commit — the reports' seqs and fixes —
+//!   written in one step, together with the commit's dead letters and replay progress when it
+//!   has any (one transaction). It is what an ack promises: the pipeline acks only after
+//!   [`Store::flush`] made it durable.
+//! - Views, each rebuilt after a crash by replaying the log from its cursor:
+//!   - live state ([`live`], in memory): every courier's committed seqs ([`seqs`]) and last
+//!     location, the last locations of orders, and the open [`track`] blocks. The intake
+//!     applies each entry right after writing it, so reads see a fix once its entry exists.
+//!   - the checkpoint ([`Store::checkpoint`], every `[store] checkpoint_interval_ms`): what
+//!     changed in the live state goes to trees `courier_state`, `order_location` and
+//!     `track_blocks`, with the views' cursor, in one transaction. Recovery replays the log
+//!     after that cursor: its time is bounded by the interval, not by the store's size.
+//!   - the InfluxDB shipper reads the log after its own cursor ([`Store::shipper_read`]).
+//!   A log entry is removed once the checkpoint and the shipper (when InfluxDB is on) have
+//!   both passed it.
+//! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`].
+//! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes).
+//! - `meta`: the layout version and the cursors. A data dir of the previous layout (a key per
+//!   track fix, a committed seq per courier, an outbox of line protocol) is migrated by
+//!   [`migrate`] on first open.
 //!
-//! Nothing here flushes on its own: the pipeline calls [`Store::flush`] once per group of
-//! batches and acks only after it returns.
+//! Other parts keep trees of their own through [`Store::db`] (the plugin registry).
 
+mod live;
+pub mod log;
+mod migrate;
 mod records;
+pub mod seqs;
+pub mod track;
 
+pub use log::{CommitRecord, LogEntry, LoggedFix, RecordBuilder};
 pub use records::{DeadLetter, StoredFix};
+pub use seqs::{SeqTake, SeqWindow};
 
+use live::{CourierRecord, Live};
+use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A storage failure. sled errors are I/O or corruption: the caller stops taking reports.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +55,7 @@ pub enum StoreError {
     /// sled failed.
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
-    /// A stored value did not decode (corruption or an incompatible older build).
+    /// A stored value did not decode (corruption or an incompatible build).
     #[error("stored value in {tree} does not decode: {source}")]
     Corrupt {
         /// The tree.
@@ -40,51 +65,107 @@ pub enum StoreError {
     },
 }
 
-/// Everything one group of reports changes, applied atomically.
-#[derive(Debug, Default)]
-pub struct CommitBatch {
-    /// Fixes to add to tracks, per courier.
-    pub track: Vec<(String, StoredFix)>,
-    /// New last location per courier (already the newest by device time).
-    pub last_location: HashMap<String, StoredFix>,
-    /// New last location per order (already the newest by device time).
-    pub order_location: HashMap<String, (String, StoredFix)>,
-    /// New committed seq per courier.
-    pub committed_seq: HashMap<String, u64>,
-    /// Dead letters found while building the batch.
-    pub dead_letters: Vec<DeadLetter>,
-    /// InfluxDB points to queue, in order.
-    pub influx_points: Vec<String>,
-    /// `locusd replay` progress (key, value) committed with the fixes it covers.
-    pub replay_progress: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl CommitBatch {
-    /// Whether applying the batch would change nothing.
-    pub fn is_empty(&self) -> bool {
-        self.track.is_empty()
-            && self.committed_seq.is_empty()
-            && self.dead_letters.is_empty()
-            && self.influx_points.is_empty()
-            && self.replay_progress.is_none()
+impl<E> From<TransactionError<E>> for StoreError {
+    fn from(e: TransactionError<E>) -> Self {
+        match e {
+            TransactionError::Storage(e) => StoreError::Sled(e),
+            // Only `sled::Error`s abort the transactions here.
+            TransactionError::Abort(_) => {
+                StoreError::Sled(sled::Error::Unsupported("transaction aborted".to_owned()))
+            }
+        }
     }
 }
 
-/// The sled database and its trees.
-#[derive(Debug, Clone)]
-pub struct Store {
-    db: sled::Db,
-    last_location: sled::Tree,
-    order_location: sled::Tree,
-    track: sled::Tree,
-    committed_seq: sled::Tree,
-    dead_letters: sled::Tree,
-    influx_outbox: sled::Tree,
-    replay_progress: sled::Tree,
-    next_dead_letter_id: std::sync::Arc<AtomicU64>,
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// How often the views (live state, track blocks) are checkpointed into sled, ms. Recovery
+    /// after a crash replays at most this much of the log; shorter costs more writes.
+    pub checkpoint_interval_ms: u64,
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { checkpoint_interval_ms: 1000 }
+    }
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Keep log entries until the InfluxDB shipper has passed them (set when `[influx]` is on,
+    /// also in `locusd replay`, which queues for the shipper of the next `locusd serve`).
+    pub keep_for_shipper: bool,
+}
+
+/// Everything one commit changes.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// The reports taken and the fixes committed (the log entry).
+    pub record: CommitRecord,
+    /// Dead letters found while building it.
+    pub dead_letters: Vec<DeadLetter>,
+    /// `locusd replay` progress (key, value), committed with the fixes it covers.
+    pub replay_progress: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The sled database, its trees and the live view. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: sled::Db,
+    log: sled::Tree,
+    courier_state: sled::Tree,
+    order_location: sled::Tree,
+    track: sled::Tree,
+    dead_letters: sled::Tree,
+    replay_progress: sled::Tree,
+    meta: sled::Tree,
+    live: RwLock<Live>,
+    /// Only the intake appends; contiguous ids make cursors plain numbers.
+    next_log_id: AtomicU64,
+    next_dead_letter_id: AtomicU64,
+    options: StoreOptions,
+    shipper: Mutex<ShipperCursor>,
+    /// Fixes in log entries the shipper has not finished.
+    shipper_pending: AtomicU64,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
+}
+
+/// Where the shipper is: every entry up to `through` is shipped, and these above it.
+#[derive(Debug, Default)]
+struct ShipperCursor {
+    through: u64,
+    done_above: BTreeSet<u64>,
+}
+
+/// What a checkpoint wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Courier records written.
+    pub couriers: usize,
+    /// Order locations written.
+    pub orders: usize,
+    /// Track blocks written.
+    pub blocks: usize,
+    /// Log entries removed.
+    pub log_entries_removed: usize,
+}
+
+const FORMAT: u64 = 2;
+const META_FORMAT: &[u8] = b"format";
+const META_VIEWS_CURSOR: &[u8] = b"views_cursor";
+const META_SHIPPER_CURSOR: &[u8] = b"shipper_cursor";
+const META_NEXT_BLOCK_ID: &[u8] = b"next_block_id";
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encoding of plain records cannot fail")
 }
 
@@ -95,158 +176,329 @@ fn decode<'a, T: serde::Deserialize<'a>>(
     postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt { tree, source })
 }
 
-fn last_id(tree: &sled::Tree) -> Result<Option<u64>, StoreError> {
-    Ok(tree.last()?.map(|(k, _)| u64_key(&k)))
-}
-
-fn u64_key(bytes: &[u8]) -> u64 {
+fn u64_of(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-/// The key of a track entry.
-pub fn track_key(courier: &str, ts_ms: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(courier.len() + 9);
-    key.extend_from_slice(courier.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&ts_ms.to_be_bytes());
-    key
+fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    Ok(meta.get(key)?.map(|v| u64_of(&v)))
 }
 
-fn track_prefix(courier: &str) -> Vec<u8> {
-    let mut key = courier.as_bytes().to_vec();
-    key.push(0);
-    key
+/// The log entry as written, borrowing the record (same bytes as [`LogEntry::Commit`]).
+#[derive(Serialize)]
+enum LogEntryRef<'a> {
+    Commit(&'a CommitRecord),
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` for reading and committing, keeping nothing for a
+    /// shipper.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        // sled's own background flush is a safety net; durability comes from explicit flushes.
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(1000)).open()?;
-        let dead_letters = db.open_tree("dead_letters")?;
-        let next_dead_letter_id = last_id(&dead_letters)?.map_or(1, |id| id + 1);
-        Ok(Store {
-            last_location: db.open_tree("last_location")?,
-            order_location: db.open_tree("order_location")?,
-            track: db.open_tree("track")?,
-            committed_seq: db.open_tree("committed_seq")?,
-            influx_outbox: db.open_tree(crate::influx::OUTBOX_TREE)?,
-            replay_progress: db.open_tree("replay_progress")?,
-            dead_letters,
-            next_dead_letter_id: std::sync::Arc::new(AtomicU64::new(next_dead_letter_id)),
-            db,
-        })
+        Store::open_with(dir, StoreOptions::default())
     }
 
-    /// The InfluxDB outbox tree (for the shipper).
-    pub fn influx_outbox(&self) -> &sled::Tree {
-        &self.influx_outbox
+    /// Opens (or creates) the store in `dir`: migrates an older layout, loads the live view
+    /// from the last checkpoint and replays the log after it.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        // sled's own background flush is a safety net; durability comes from explicit flushes.
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(1000)).open()?;
+        let meta = db.open_tree("meta")?;
+        let log = db.open_tree(log::LOG_TREE)?;
+        let courier_state = db.open_tree("courier_state")?;
+        let track = db.open_tree(track::TRACK_TREE)?;
+        migrate::run(&db, &meta, &log, &courier_state, &track)?;
+        if meta.get(META_FORMAT)?.is_none() {
+            meta.insert(META_FORMAT, &FORMAT.to_be_bytes())?;
+        }
+
+        let mut live = Live::default();
+        for entry in courier_state.iter() {
+            let (courier, value) = entry?;
+            let record: CourierRecord = decode("courier_state", &value)?;
+            let courier = String::from_utf8_lossy(&courier).into_owned();
+            live.couriers.insert(courier, live::CourierLive { record, dirty: false });
+        }
+        let views_cursor = meta_u64(&meta, META_VIEWS_CURSOR)?.unwrap_or(0);
+        live.applied_through = views_cursor;
+        live.tracks = track::OpenTracks::new(meta_u64(&meta, META_NEXT_BLOCK_ID)?.unwrap_or(1));
+        let order_location = db.open_tree("order_location")?;
+        let mut replayed = 0u64;
+        for entry in log.range(log::key(views_cursor + 1)..) {
+            let (key, value) = entry?;
+            if let LogEntry::Commit(record) = LogEntry::decode(&value)? {
+                live.apply(log::id_of(&key), record, |order| {
+                    order_location
+                        .get(order)
+                        .ok()
+                        .flatten()
+                        .and_then(|v| decode::<(String, StoredFix)>("order_location", &v).ok())
+                });
+            }
+            live.applied_through = log::id_of(&key);
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(entries = replayed, "replayed the commit log after the last checkpoint");
+        }
+
+        let last_log_id = log.last()?.map_or(0, |(k, _)| log::id_of(&k));
+        let first_log_id = log.first()?.map_or(last_log_id + 1, |(k, _)| log::id_of(&k));
+        let stored_shipper = meta_u64(&meta, META_SHIPPER_CURSOR)?.unwrap_or(0);
+        // Entries older than the log's first are gone: nothing before it can be waiting.
+        let shipper_through = stored_shipper.max(first_log_id.saturating_sub(1));
+        let mut pending = 0;
+        if options.keep_for_shipper {
+            for entry in log.range(log::key(shipper_through + 1)..) {
+                pending += LogEntry::decode(&entry?.1)?.fixes();
+            }
+        }
+        let next_log_id = last_log_id.max(views_cursor).max(stored_shipper) + 1;
+
+        let dead_letters = db.open_tree("dead_letters")?;
+        let next_dead_letter_id = dead_letters.last()?.map_or(1, |(k, _)| u64_of(&k) + 1);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                log,
+                courier_state,
+                order_location,
+                track,
+                replay_progress: db.open_tree("replay_progress")?,
+                dead_letters,
+                meta,
+                live: RwLock::new(live),
+                next_log_id: AtomicU64::new(next_log_id),
+                next_dead_letter_id: AtomicU64::new(next_dead_letter_id),
+                options,
+                shipper: Mutex::new(ShipperCursor {
+                    through: shipper_through,
+                    done_above: BTreeSet::new(),
+                }),
+                shipper_pending: AtomicU64::new(pending),
+                checkpointing: Mutex::new(()),
+                db,
+            }),
+        })
     }
 
     /// The whole database (for parts that keep their own trees, like plugins).
     pub fn db(&self) -> &sled::Db {
-        &self.db
+        &self.inner.db
     }
 
-    /// Applies a batch atomically (not yet durable: see [`Store::flush`]).
-    pub fn apply(&self, batch: &CommitBatch) -> Result<(), StoreError> {
-        let mut track = sled::Batch::default();
-        for (courier, fix) in &batch.track {
-            track.insert(track_key(courier, fix.fix.ts_ms), encode(fix));
-        }
-        let mut last = sled::Batch::default();
-        for (courier, fix) in &batch.last_location {
-            last.insert(courier.as_bytes(), encode(fix));
-        }
-        let mut orders = sled::Batch::default();
-        for (order, entry) in &batch.order_location {
-            orders.insert(order.as_bytes(), encode(entry));
-        }
-        let mut seqs = sled::Batch::default();
-        for (courier, seq) in &batch.committed_seq {
-            seqs.insert(courier.as_bytes(), &seq.to_be_bytes());
-        }
-        let mut dead = sled::Batch::default();
-        for letter in &batch.dead_letters {
-            let id = self.next_dead_letter_id.fetch_add(1, Ordering::Relaxed);
-            dead.insert(&id.to_be_bytes(), encode(letter));
-        }
-        // One outbox entry for the whole commit (see `influx::outbox` for why).
-        let mut outbox = sled::Batch::default();
-        if let Some(entry) = crate::influx::outbox::entry(&batch.influx_points) {
-            outbox.insert(&self.db.generate_id()?.to_be_bytes(), entry);
-        }
-        let mut progress = sled::Batch::default();
-        if let Some((key, value)) = &batch.replay_progress {
-            progress.insert(key.as_slice(), value.as_slice());
-        }
-        (
-            &self.track,
-            &self.last_location,
-            &self.order_location,
-            &self.committed_seq,
-            &self.dead_letters,
-            &self.influx_outbox,
-            &self.replay_progress,
-        )
-            .transaction(|(t, l, o, s, d, x, r)| {
-                t.apply_batch(&track)?;
-                l.apply_batch(&last)?;
-                o.apply_batch(&orders)?;
-                s.apply_batch(&seqs)?;
-                d.apply_batch(&dead)?;
-                x.apply_batch(&outbox)?;
-                r.apply_batch(&progress)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => unreachable!("the transaction never aborts"),
-            })
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        self.inner.live.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes everything applied so far durable.
+    fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
+        self.inner.live.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a commit (its log entry, with its dead letters and replay progress in the same
+    /// transaction) and applies it to the live view. Not yet durable: see [`Store::flush`].
+    /// On failure nothing of it is written or applied.
+    pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let Commit { record, dead_letters, replay_progress } = commit;
+        let inner = &self.inner;
+        let id = inner.next_log_id.load(Ordering::Relaxed);
+        let entry = (!record.is_empty()).then(|| encode(&LogEntryRef::Commit(&record)));
+        if dead_letters.is_empty() && replay_progress.is_none() {
+            if let Some(entry) = &entry {
+                inner.log.insert(log::key(id), entry.as_slice())?;
+            }
+        } else {
+            let mut letters = sled::Batch::default();
+            let first_letter =
+                inner.next_dead_letter_id.fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
+            for (i, letter) in dead_letters.iter().enumerate() {
+                letters.insert(&(first_letter + i as u64).to_be_bytes(), encode(letter));
+            }
+            (&inner.log, &inner.dead_letters, &inner.replay_progress).transaction(
+                |(log, dead, progress)| {
+                    if let Some(entry) = &entry {
+                        log.insert(&log::key(id), entry.as_slice())?;
+                    }
+                    dead.apply_batch(&letters)?;
+                    if let Some((key, value)) = &replay_progress {
+                        progress.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                },
+            )?;
+        }
+        if entry.is_none() {
+            return Ok(());
+        }
+        inner.next_log_id.store(id + 1, Ordering::Relaxed);
+        if inner.options.keep_for_shipper {
+            inner.shipper_pending.fetch_add(record.fixes.len() as u64, Ordering::Relaxed);
+        }
+        let orders = &inner.order_location;
+        self.live_mut().apply(id, record, |order| stored_order(orders, order));
+        Ok(())
+    }
+
+    /// Appends InfluxDB lines to the log for the shipper alone (the migration of an older
+    /// outbox; tests of the shipper). Newline-separated.
+    pub fn append_lines(&self, lines: Vec<u8>) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let id = inner.next_log_id.load(Ordering::Relaxed);
+        let entry = LogEntry::LegacyLines(lines);
+        inner.log.insert(log::key(id), entry.encode())?;
+        inner.next_log_id.store(id + 1, Ordering::Relaxed);
+        if inner.options.keep_for_shipper {
+            inner.shipper_pending.fetch_add(entry.fixes(), Ordering::Relaxed);
+        }
+        // The views have nothing to do with it.
+        let mut live = self.live_mut();
+        if live.applied_through + 1 == id {
+            live.applied_through = id;
+        }
+        Ok(id)
+    }
+
+    /// Makes everything committed so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.inner.db.flush()?;
         Ok(())
     }
 
     /// Stores dead letters on their own (durable at the next flush).
     pub fn record_dead_letters(&self, letters: Vec<DeadLetter>) -> Result<(), StoreError> {
-        self.apply(&CommitBatch { dead_letters: letters, ..CommitBatch::default() })
+        self.commit(Commit { dead_letters: letters, ..Commit::default() })
     }
 
-    /// The highest committed seq of a courier (0 if none).
-    pub fn committed_seq(&self, courier: &str) -> Result<u64, StoreError> {
-        Ok(self.committed_seq.get(courier)?.map_or(0, |v| u64_key(&v)))
-    }
-
-    /// Every courier's committed seq (for re-announcing acks after a restart).
-    pub fn committed_seqs(&self) -> impl Iterator<Item = Result<(String, u64), StoreError>> + '_ {
-        self.committed_seq.iter().map(|entry| {
-            let (courier, seq) = entry?;
-            Ok((String::from_utf8_lossy(&courier).into_owned(), u64_key(&seq)))
+    /// Copies what changed in the live view into sled with the views' cursor (one
+    /// transaction), flushes, and removes the log entries every view has passed.
+    pub fn checkpoint(&self) -> Result<CheckpointStats, StoreError> {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        let (couriers, orders, blocks, cursor, next_block_id) = {
+            let mut live = self.live_mut();
+            let couriers: Vec<(String, Vec<u8>)> = live
+                .couriers
+                .iter_mut()
+                .filter(|(_, c)| c.dirty)
+                .map(|(name, c)| {
+                    c.dirty = false;
+                    (name.clone(), encode(&c.record))
+                })
+                .collect();
+            let orders = std::mem::take(&mut live.orders);
+            let encoded: Vec<(String, Vec<u8>)> =
+                orders.iter().map(|(order, value)| (order.clone(), encode(value))).collect();
+            live.orders_checkpointing = orders;
+            let blocks = live.tracks.checkpoint_writes();
+            (couriers, encoded, blocks, live.applied_through, live.tracks.next_block_id())
+        };
+        let mut courier_batch = sled::Batch::default();
+        for (courier, value) in &couriers {
+            courier_batch.insert(courier.as_bytes(), value.as_slice());
+        }
+        let mut order_batch = sled::Batch::default();
+        for (order, value) in &orders {
+            order_batch.insert(order.as_bytes(), value.as_slice());
+        }
+        let mut block_batch = sled::Batch::default();
+        for block in &blocks {
+            block_batch.insert(block.key.as_slice(), block.value.as_slice());
+        }
+        let mut meta_batch = sled::Batch::default();
+        meta_batch.insert(META_VIEWS_CURSOR, &cursor.to_be_bytes());
+        meta_batch.insert(META_NEXT_BLOCK_ID, &next_block_id.to_be_bytes());
+        let written = (&inner.courier_state, &inner.order_location, &inner.track, &inner.meta)
+            .transaction(|(c, o, t, m)| {
+                c.apply_batch(&courier_batch)?;
+                o.apply_batch(&order_batch)?;
+                t.apply_batch(&block_batch)?;
+                m.apply_batch(&meta_batch)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            });
+        {
+            let mut live = self.live_mut();
+            let checkpointed = std::mem::take(&mut live.orders_checkpointing);
+            match &written {
+                Ok(()) => live.tracks.written(&blocks),
+                Err(_) => {
+                    // Everything goes again at the next checkpoint.
+                    for (courier, _) in &couriers {
+                        if let Some(c) = live.couriers.get_mut(courier) {
+                            c.dirty = true;
+                        }
+                    }
+                    for (order, value) in checkpointed {
+                        live.orders.entry(order).or_insert(value);
+                    }
+                    live.tracks.unwritten();
+                }
+            }
+        }
+        written?;
+        // The log must not lose what the checkpoint does not hold yet: flush the checkpoint
+        // (and the shipper's cursor) before removing entries.
+        let shipper_through = self.shipper_cursor().through;
+        inner.db.flush()?;
+        let through =
+            if inner.options.keep_for_shipper { cursor.min(shipper_through) } else { cursor };
+        let mut removed = sled::Batch::default();
+        let mut log_entries_removed = 0;
+        for key in inner.log.range(..=log::key(through)).keys() {
+            removed.remove(key?);
+            log_entries_removed += 1;
+        }
+        inner.log.apply_batch(removed)?;
+        Ok(CheckpointStats {
+            couriers: couriers.len(),
+            orders: orders.len(),
+            blocks: blocks.len(),
+            log_entries_removed,
         })
+    }
+
+    /// A courier's committed seqs (empty for a courier never seen).
+    pub fn seq_window(&self, courier: &str) -> SeqWindow {
+        self.live().couriers.get(courier).map(|c| c.record.seqs.clone()).unwrap_or_default()
+    }
+
+    /// Every courier's ack: the watermark of its committed seqs (for re-announcing acks after
+    /// a restart).
+    pub fn acks(&self) -> Vec<(String, u64)> {
+        self.live()
+            .couriers
+            .iter()
+            .filter(|(_, c)| c.record.seqs.watermark() > 0)
+            .map(|(courier, c)| (courier.clone(), c.record.seqs.watermark()))
+            .collect()
+    }
+
+    /// The device time of a courier's last location (the newest fix it has).
+    pub fn last_ts(&self, courier: &str) -> Option<u64> {
+        self.live().couriers.get(courier)?.record.last.as_ref().map(|f| f.fix.ts_ms)
     }
 
     /// Where `locusd replay` stopped in the file with identity `key`.
     pub fn replay_progress(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.replay_progress.get(key)?.map(|v| v.to_vec()))
+        Ok(self.inner.replay_progress.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Whether a courier's track holds a fix at device time `ts_ms`.
     pub fn has_track_fix(&self, courier: &str, ts_ms: u64) -> Result<bool, StoreError> {
-        Ok(self.track.contains_key(track_key(courier, ts_ms))?)
+        if self.live().tracks.has_fix_at(courier, ts_ms) {
+            return Ok(true);
+        }
+        track::has_fix_at(&self.inner.track, courier, ts_ms)
     }
 
     /// The last location of a courier.
     pub fn last_location(&self, courier: &str) -> Result<Option<StoredFix>, StoreError> {
-        self.last_location.get(courier)?.map(|v| decode("last_location", &v)).transpose()
+        Ok(self.live().couriers.get(courier).and_then(|c| c.record.last.clone()))
     }
 
     /// The last location of an order, with its courier.
     pub fn order_location(&self, order: &str) -> Result<Option<(String, StoredFix)>, StoreError> {
-        self.order_location.get(order)?.map(|v| decode("order_location", &v)).transpose()
+        if let Some(found) = self.live().order(order) {
+            return Ok(Some(found.clone()));
+        }
+        self.inner.order_location.get(order)?.map(|v| decode("order_location", &v)).transpose()
     }
 
     /// A courier's track between `since` and `until` (device time, inclusive), ascending. With
@@ -258,17 +510,8 @@ impl Store {
         until: Option<u64>,
         limit: usize,
     ) -> Result<Vec<StoredFix>, StoreError> {
-        let start = track_key(courier, since.unwrap_or(0));
-        let end = track_key(courier, until.unwrap_or(u64::MAX));
-        let range = self.track.range(start..=end);
-        let entries: Vec<_> = if since.is_some() {
-            range.take(limit).collect::<Result<_, _>>()?
-        } else {
-            let mut newest: Vec<_> = range.rev().take(limit).collect::<Result<_, _>>()?;
-            newest.reverse();
-            newest
-        };
-        entries.iter().map(|(_, v)| decode("track", v)).collect()
+        let open = self.live().tracks.snapshot(courier);
+        track::read(&self.inner.track, &open, courier, since, until, limit)
     }
 
     /// Dead letters with id ≥ `after + 1`, oldest first, with their ids.
@@ -277,131 +520,155 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        self.dead_letters
+        self.inner
+            .dead_letters
             .range((after.saturating_add(1)).to_be_bytes()..)
             .take(limit)
             .map(|entry| {
                 let (k, v) = entry?;
-                Ok((u64_key(&k), decode("dead_letters", &v)?))
+                Ok((u64_of(&k), decode("dead_letters", &v)?))
             })
             .collect()
     }
 
-    /// Removes track fixes older than `min_ts_ms` and beyond `max_per_courier` per courier, and
-    /// dead letters beyond `max_dead_letters`. Returns how many entries were removed.
+    /// Removes track blocks whose fixes are all older than `min_ts_ms` and beyond the newest
+    /// `max_per_courier` fixes per courier (whole blocks), and dead letters beyond
+    /// `max_dead_letters`. Returns how many fixes and letters were removed.
     pub fn prune(
         &self,
         min_ts_ms: u64,
         max_per_courier: usize,
         max_dead_letters: usize,
     ) -> Result<usize, StoreError> {
+        let couriers: Vec<String> = self.live().couriers.keys().cloned().collect();
         let mut removed = 0;
-        for courier in self.last_location.iter().keys() {
-            let courier = courier?;
-            let courier = String::from_utf8_lossy(&courier);
-            let prefix = track_prefix(&courier);
-            let mut batch = sled::Batch::default();
-            for (kept, key) in self.track.scan_prefix(&prefix).keys().rev().enumerate() {
-                let key = key?;
-                let ts = u64_key(&key[prefix.len()..]);
-                if kept >= max_per_courier || ts < min_ts_ms {
-                    batch.remove(key);
-                    removed += 1;
-                }
-            }
-            self.track.apply_batch(batch)?;
+        for courier in couriers {
+            let open = self.live().tracks.snapshot(&courier);
+            removed +=
+                track::prune(&self.inner.track, &open, &courier, min_ts_ms, max_per_courier)?;
         }
-        if let (Some((first, _)), Some(last)) =
-            (self.dead_letters.first()?, last_id(&self.dead_letters)?)
-        {
-            let first = u64_key(&first);
-            let keep_from = last.saturating_sub(max_dead_letters as u64) + 1;
-            if first < keep_from {
+        let dead_letters = &self.inner.dead_letters;
+        if let (Some((first, _)), Some((last, _))) = (dead_letters.first()?, dead_letters.last()?) {
+            let keep_from = u64_of(&last).saturating_sub(max_dead_letters as u64) + 1;
+            if u64_of(&first) < keep_from {
                 let mut batch = sled::Batch::default();
-                for key in self.dead_letters.range(..keep_from.to_be_bytes()).keys() {
+                for key in dead_letters.range(..keep_from.to_be_bytes()).keys() {
                     batch.remove(key?);
                     removed += 1;
                 }
-                self.dead_letters.apply_batch(batch)?;
+                dead_letters.apply_batch(batch)?;
             }
         }
         Ok(removed)
     }
+
+    fn shipper_cursor(&self) -> std::sync::MutexGuard<'_, ShipperCursor> {
+        self.inner.shipper.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For the InfluxDB shipper: the oldest log entries it has not finished, after entry
+    /// `after` (after its cursor when `None`), until they hold at least `max_fixes` fixes.
+    pub fn shipper_read(
+        &self,
+        after: Option<u64>,
+        max_fixes: u64,
+    ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let (from, done) = {
+            let cursor = self.shipper_cursor();
+            (after.unwrap_or(cursor.through).max(cursor.through), cursor.done_above.clone())
+        };
+        let mut entries = Vec::new();
+        let mut fixes = 0;
+        for entry in self.inner.log.range(log::key(from + 1)..) {
+            if fixes >= max_fixes {
+                break;
+            }
+            let (key, value) = entry?;
+            let id = log::id_of(&key);
+            if done.contains(&id) {
+                continue;
+            }
+            let entry = LogEntry::decode(&value)?;
+            fixes += entry.fixes().max(1);
+            entries.push((id, entry));
+        }
+        Ok(entries)
+    }
+
+    /// For the InfluxDB shipper: entries `(id, fixes)` are shipped (or dead-lettered). Moves
+    /// its cursor (kept in sled, durable with the next flush: a crash only ships a little
+    /// again, and InfluxDB overwrites identical points).
+    pub fn shipper_done(&self, entries: &[(u64, u64)]) -> Result<(), StoreError> {
+        let mut cursor = self.shipper_cursor();
+        let before = cursor.through;
+        for &(id, fixes) in entries {
+            if id > cursor.through && cursor.done_above.insert(id) {
+                let _ = self.inner.shipper_pending.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |p| Some(p.saturating_sub(fixes)),
+                );
+            }
+        }
+        while cursor.done_above.first() == Some(&(cursor.through + 1)) {
+            cursor.done_above.pop_first();
+            cursor.through += 1;
+        }
+        if cursor.through != before {
+            self.inner.meta.insert(META_SHIPPER_CURSOR, &cursor.through.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Fixes (and legacy lines) in log entries the shipper has not finished.
+    pub fn shipper_pending(&self) -> u64 {
+        self.inner.shipper_pending.load(Ordering::Relaxed)
+    }
+}
+
+fn stored_order(tree: &sled::Tree, order: &str) -> Option<(String, StoredFix)> {
+    // A read error here only means the order's last location is compared with nothing; the
+    // newest-wins rule is checked again at the next fix.
+    tree.get(order).ok().flatten().and_then(|v| decode("order_location", &v).ok())
+}
+
+/// Runs [`Store::checkpoint`] every interval on its own thread until stopped; a last
+/// checkpoint on stop.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts the thread.
+    pub fn start(store: Store, interval: std::time::Duration) -> std::io::Result<Checkpointer> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread =
+            std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || loop {
+                let last = matches!(
+                    stopped.recv_timeout(interval),
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                );
+                match store.checkpoint() {
+                    Ok(stats) => tracing::trace!(?stats, "checkpoint"),
+                    Err(e) => tracing::error!(error = %e, "checkpoint failed; will retry"),
+                }
+                if last {
+                    return;
+                }
+            })?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    /// Takes a last checkpoint and stops.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("checkpoint thread panicked");
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use locus_sdk::wire::Fix;
-
-    fn stored(ts: u64) -> StoredFix {
-        StoredFix { fix: Fix::from_degrees(ts, 1.0, 2.0), attributes: vec![], received_ms: ts }
-    }
-
-    #[test]
-    fn track_pages_and_prunes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut batch = CommitBatch::default();
-        for ts in 1..=10 {
-            batch.track.push(("c1".into(), stored(ts)));
-            batch.track.push(("c10".into(), stored(ts + 100)));
-        }
-        batch.last_location.insert("c1".into(), stored(10));
-        batch.last_location.insert("c10".into(), stored(110));
-        store.apply(&batch).unwrap();
-        let ts = |fixes: Vec<StoredFix>| fixes.iter().map(|f| f.fix.ts_ms).collect::<Vec<_>>();
-        assert_eq!(ts(store.track("c1", None, None, 3).unwrap()), [8, 9, 10]);
-        assert_eq!(ts(store.track("c1", Some(2), None, 3).unwrap()), [2, 3, 4]);
-        assert_eq!(ts(store.track("c1", Some(2), Some(3), 30).unwrap()), [2, 3]);
-        // "c1" must not see "c10"'s fixes although it is a byte prefix of it.
-        assert_eq!(store.track("c1", None, None, 100).unwrap().len(), 10);
-
-        assert_eq!(store.prune(3, 5, 10).unwrap(), 10);
-        assert_eq!(ts(store.track("c1", None, None, 100).unwrap()), [6, 7, 8, 9, 10]);
-        assert_eq!(store.track("c10", None, None, 100).unwrap().len(), 5);
-    }
-
-    #[test]
-    fn dead_letters_page_and_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let letter = |n: u8| DeadLetter {
-            reason: "malformed".into(),
-            detail: format!("#{n}"),
-            topic: "t".into(),
-            courier: None,
-            received_ms: 0,
-            payload: vec![n],
-        };
-        store.record_dead_letters((0..5).map(letter).collect()).unwrap();
-        let page = store.dead_letters(0, 2).unwrap();
-        assert_eq!(page.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(store.dead_letters(2, 10).unwrap().len(), 3);
-        store.prune(0, 10, 2).unwrap();
-        let left = store.dead_letters(0, 10).unwrap();
-        assert_eq!(left.iter().map(|(_, l)| l.payload[0]).collect::<Vec<_>>(), [3, 4]);
-        // Ids keep increasing after a reopen.
-        drop(store);
-        let store = reopen(dir.path());
-        store.record_dead_letters(vec![letter(9)]).unwrap();
-        assert_eq!(store.dead_letters(5, 10).unwrap()[0].0, 6);
-    }
-
-    /// Opens a store just dropped in this process. sled's background IO threads can still hold
-    /// the database's file lock for a moment after the last handle is dropped (seen on a loaded
-    /// machine), so the reopen waits for it instead of failing at random.
-    fn reopen(dir: &std::path::Path) -> Store {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            match Store::open(dir) {
-                Ok(store) => return store,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    eprintln!("reopen: {e}; retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("reopening the store: {e}"),
-            }
-        }
-    }
-}
+mod tests;

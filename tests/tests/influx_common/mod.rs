@@ -9,7 +9,7 @@ use locus_broker::influx::outbox::lines_of;
 use locus_broker::influx::{
     point, DeadLetterSink, HealthHandle, InfluxConfig, InfluxMetrics, InfluxState, Outbox, Shipper,
 };
-use locus_broker::store::{CommitBatch, DeadLetter, Store, StoredFix};
+use locus_broker::store::{DeadLetter, LogEntry, Store, StoreOptions, StoredFix};
 use locus_sdk::wire::{Fix, FixDetails};
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -53,8 +53,8 @@ pub struct Env {
 impl Env {
     pub fn new(config: InfluxConfig) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let outbox = Outbox::open(store.db(), &config).unwrap();
+        let store = Store::open_with(dir.path(), StoreOptions { keep_for_shipper: true }).unwrap();
+        let outbox = Outbox::open(&store, &config);
         Env { dir, store, outbox, config }
     }
 
@@ -88,17 +88,23 @@ impl Env {
         fixes.into_iter().map(|(courier, fix)| point(&courier, &fix, &schema)).collect()
     }
 
-    /// One commit of `lines` (one outbox entry), through the store's commit and the outbox's
-    /// count, as `Intake::apply` does.
+    /// One log entry of ready-made `lines` (what a migrated outbox holds; the shipper sends
+    /// them as they are), so tests choose every byte InfluxDB sees.
     pub fn commit(&self, lines: Vec<String>) {
-        let count = lines.len() as u64;
-        self.store.apply(&CommitBatch { influx_points: lines, ..CommitBatch::default() }).unwrap();
-        self.outbox.record_enqueued(count);
+        self.store.append_lines(lines.join("\n").into_bytes()).unwrap();
+        self.outbox.committed();
     }
 
-    /// Lines waiting in the outbox, counted from sled (not from the outbox's counter).
+    /// Lines waiting in the outbox, counted from the log (not from the store's counter).
     pub fn outbox_lines(&self) -> usize {
-        self.outbox.tree().iter().values().map(|value| lines_of(&value.unwrap()).count()).sum()
+        let waiting = self.store.shipper_read(None, u64::MAX).unwrap();
+        waiting
+            .iter()
+            .map(|(_, entry)| match entry {
+                LogEntry::LegacyLines(lines) => lines_of(lines).count(),
+                LogEntry::Commit(record) => record.fixes.len(),
+            })
+            .sum()
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {

@@ -1,0 +1,92 @@
+//! The live view: what the log says now, in memory — every courier's committed seqs and last
+//! location, the last locations of orders changed since the last checkpoint, and the open
+//! track blocks. The intake applies each log entry to it right after writing the entry; the
+//! checkpoint copies what changed into sled.
+
+use super::log::CommitRecord;
+use super::seqs::SeqWindow;
+use super::track::OpenTracks;
+use super::StoredFix;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// What the `courier_state` tree keeps per courier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct CourierRecord {
+    /// Committed seqs.
+    pub(super) seqs: SeqWindow,
+    /// The last location (newest device time).
+    pub(super) last: Option<StoredFix>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct CourierLive {
+    pub(super) record: CourierRecord,
+    /// Changed since the last checkpoint.
+    pub(super) dirty: bool,
+}
+
+/// The live view (behind the store's lock).
+#[derive(Debug, Default)]
+pub(super) struct Live {
+    pub(super) couriers: HashMap<String, CourierLive>,
+    /// Last locations of orders changed since the last checkpoint (the rest are in sled).
+    pub(super) orders: HashMap<String, (String, StoredFix)>,
+    /// Orders being written by a checkpoint in progress (still read from here until it ends).
+    pub(super) orders_checkpointing: HashMap<String, (String, StoredFix)>,
+    pub(super) tracks: OpenTracks,
+    /// The newest log entry applied.
+    pub(super) applied_through: u64,
+}
+
+impl Live {
+    /// The last location of an order as far as memory knows (`None`: ask sled).
+    pub(super) fn order(&self, order: &str) -> Option<&(String, StoredFix)> {
+        self.orders.get(order).or_else(|| self.orders_checkpointing.get(order))
+    }
+
+    /// Applies log entry `id`. `stored_order` reads an order's last location from sled when
+    /// memory does not have it.
+    pub(super) fn apply(
+        &mut self,
+        id: u64,
+        record: CommitRecord,
+        mut stored_order: impl FnMut(&str) -> Option<(String, StoredFix)>,
+    ) {
+        let CommitRecord { received_ms, couriers, reports, fixes } = record;
+        for (courier, seq) in reports {
+            let live = self.courier_mut(&couriers[courier as usize]);
+            let _ = live.record.seqs.take(seq);
+            live.dirty = true;
+        }
+        for logged in fixes {
+            let courier = &couriers[logged.courier as usize];
+            let stored = StoredFix { fix: logged.fix, attributes: logged.attributes, received_ms };
+            let ts = stored.fix.ts_ms;
+            let live = self.courier_mut(courier);
+            // The newest device time wins, never the later arrival.
+            if live.record.last.as_ref().is_none_or(|last| ts >= last.fix.ts_ms) {
+                live.record.last = Some(stored.clone());
+            }
+            live.dirty = true;
+            if let Some(order) = stored.fix.order() {
+                let newer = match self.order(order) {
+                    Some((_, current)) => ts >= current.fix.ts_ms,
+                    None => stored_order(order).is_none_or(|(_, f)| ts >= f.fix.ts_ms),
+                };
+                if newer {
+                    self.orders.insert(order.to_owned(), (courier.clone(), stored.clone()));
+                }
+            }
+            self.tracks.add(courier, stored);
+        }
+        self.applied_through = self.applied_through.max(id);
+    }
+
+    fn courier_mut(&mut self, courier: &str) -> &mut CourierLive {
+        if !self.couriers.contains_key(courier) {
+            self.couriers.insert(courier.to_owned(), CourierLive::default());
+        }
+        self.couriers.get_mut(courier).expect("just inserted")
+    }
+}

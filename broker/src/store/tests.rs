@@ -1,0 +1,156 @@
+use super::*;
+use locus_sdk::wire::Fix;
+
+fn stored(ts: u64) -> StoredFix {
+    StoredFix { fix: Fix::from_degrees(ts, 1.0, 2.0), attributes: vec![], received_ms: ts }
+}
+
+/// A commit of `courier`'s reports `seqs`, one fix each at device time 1000 × seq.
+fn reports(courier: &str, seqs: &[u64]) -> Commit {
+    let mut builder = RecordBuilder::new(1);
+    for &seq in seqs {
+        builder.report(courier, seq);
+        builder.fix(courier, Fix::from_degrees(seq * 1000, 1.0, 2.0), vec![]);
+    }
+    Commit { record: builder.finish(), ..Commit::default() }
+}
+
+fn times(fixes: &[StoredFix]) -> Vec<u64> {
+    fixes.iter().map(|f| f.fix.ts_ms).collect()
+}
+
+/// Opens a store just dropped in this process. sled's background IO threads can still hold
+/// the database's file lock for a moment after the last handle is dropped (seen on a loaded
+/// machine), so the reopen waits for it instead of failing at random.
+fn reopen(dir: &std::path::Path, options: StoreOptions) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Store::open_with(dir, options) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("reopen: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    }
+}
+
+#[test]
+fn commits_are_visible_at_once_and_survive_a_reopen_without_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.commit(reports("c1", &[1, 3])).unwrap();
+    assert_eq!(store.seq_window("c1").watermark(), 1, "2 is missing");
+    assert_eq!(store.last_location("c1").unwrap().unwrap().fix.ts_ms, 3000);
+    assert_eq!(times(&store.track("c1", None, None, 10).unwrap()), [1000, 3000]);
+    store.flush().unwrap();
+    drop(store);
+
+    // Like a kill -9 after the flush: no checkpoint ever ran, the log has it all.
+    let store = reopen(dir.path(), StoreOptions::default());
+    assert_eq!(store.seq_window("c1").highest(), 3);
+    store.commit(reports("c1", &[2])).unwrap();
+    assert_eq!(store.seq_window("c1").watermark(), 3);
+    assert_eq!(store.acks(), [("c1".to_owned(), 3)]);
+    assert_eq!(times(&store.track("c1", None, None, 10).unwrap()), [1000, 2000, 3000]);
+    assert_eq!(store.last_location("c1").unwrap().unwrap().fix.ts_ms, 3000, "newest wins");
+}
+
+#[test]
+fn a_checkpoint_moves_the_views_to_sled_and_empties_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for seq in 1..=200 {
+        store.commit(reports("c1", &[seq])).unwrap();
+    }
+    let mut order = RecordBuilder::new(5);
+    let mut fix = Fix::from_degrees(999_000, 3.0, 4.0);
+    fix.details =
+        Some(locus_sdk::wire::FixDetails { order: Some("o1".into()), ..Default::default() });
+    order.fix("c2", fix, vec![]);
+    store.commit(Commit { record: order.finish(), ..Commit::default() }).unwrap();
+
+    let stats = store.checkpoint().unwrap();
+    assert_eq!((stats.couriers, stats.orders, stats.log_entries_removed), (2, 1, 201));
+    assert!(stats.blocks >= 200 / track::BLOCK_FIXES);
+    assert_eq!(store.inner.log.len(), 0);
+    assert_eq!(store.checkpoint().unwrap().log_entries_removed, 0);
+    drop(store);
+
+    let store = reopen(dir.path(), StoreOptions::default());
+    assert_eq!(store.seq_window("c1").watermark(), 200);
+    assert_eq!(store.track("c1", None, None, 1_000).unwrap().len(), 200);
+    assert_eq!(store.order_location("o1").unwrap().unwrap().0, "c2");
+    // After a checkpoint the log starts from where it was: ids never go back.
+    store.commit(reports("c1", &[201])).unwrap();
+    assert_eq!(store.inner.log.first().unwrap().map(|(k, _)| log::id_of(&k)), Some(202));
+}
+
+#[test]
+fn the_shipper_keeps_log_entries_until_it_has_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions { keep_for_shipper: true };
+    let store = Store::open_with(dir.path(), options).unwrap();
+    store.commit(reports("c1", &[1, 2])).unwrap();
+    store.commit(reports("c1", &[3])).unwrap();
+    store.append_lines(b"x 1\ny 2".to_vec()).unwrap();
+    assert_eq!(store.shipper_pending(), 5);
+    store.checkpoint().unwrap();
+    let waiting = store.shipper_read(None, 100).unwrap();
+    assert_eq!(waiting.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3]);
+    // Finished out of order: the cursor waits for the first.
+    store.shipper_done(&[(2, 1)]).unwrap();
+    assert_eq!(store.shipper_read(None, 100).unwrap().len(), 2);
+    assert_eq!(store.shipper_read(Some(1), 100).unwrap()[0].0, 3);
+    store.shipper_done(&[(1, 2)]).unwrap();
+    assert_eq!(store.shipper_pending(), 2);
+    assert_eq!(store.checkpoint().unwrap().log_entries_removed, 2);
+    drop(store);
+
+    let store = reopen(dir.path(), options);
+    assert_eq!(store.shipper_pending(), 2, "the lines are still waiting");
+    assert_eq!(store.shipper_read(None, 1).unwrap()[0].0, 3);
+}
+
+#[test]
+fn dead_letters_page_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let letter = |n: u8| DeadLetter {
+        reason: "malformed".into(),
+        detail: format!("#{n}"),
+        topic: "t".into(),
+        courier: None,
+        received_ms: 0,
+        payload: vec![n],
+    };
+    store.record_dead_letters((0..5).map(letter).collect()).unwrap();
+    let page = store.dead_letters(0, 2).unwrap();
+    assert_eq!(page.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(store.dead_letters(2, 10).unwrap().len(), 3);
+    store.prune(0, 10, 2).unwrap();
+    let left = store.dead_letters(0, 10).unwrap();
+    assert_eq!(left.iter().map(|(_, l)| l.payload[0]).collect::<Vec<_>>(), [3, 4]);
+    // Ids keep increasing after a reopen.
+    drop(store);
+    let store = reopen(dir.path(), StoreOptions::default());
+    store.record_dead_letters(vec![letter(9)]).unwrap();
+    assert_eq!(store.dead_letters(5, 10).unwrap()[0].0, 6);
+}
+
+#[test]
+fn same_device_times_are_found_in_memory_and_in_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.commit(reports("c1", &[1, 2])).unwrap();
+    assert!(store.has_track_fix("c1", 2000).unwrap());
+    assert!(!store.has_track_fix("c1", 2001).unwrap());
+    store.checkpoint().unwrap();
+    store.checkpoint().unwrap();
+    store.checkpoint().unwrap();
+    assert!(store.has_track_fix("c1", 1000).unwrap());
+    assert!(!store.has_track_fix("c2", 1000).unwrap());
+    assert_eq!(store.last_ts("c1"), Some(2000));
+    let _ = stored(0);
+}
