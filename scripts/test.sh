@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (when missing) and runs every check CI runs:
-# formatting, clippy with warnings as errors, and the whole test suite against real processes.
+# formatting, clippy with warnings as errors (the server's workspace and the plugin workspace in
+# plugins/), and the whole test suite against real processes.
 #
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh --no-lint  # skip fmt and clippy (quicker while iterating)
@@ -51,6 +52,17 @@ if [ "$lint" = 1 ]; then
   cargo fmt --all --check
   step "cargo clippy --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets --features locus-sdk/client -- -D warnings
+
+  # The plugin workspace (plugins/) is a workspace of its own, built for wasm32-wasip2, so the
+  # two commands above never see it. It is linted for that target in its own target directory
+  # (plugins/target, where the tests build the components too), whatever CARGO_TARGET_DIR says;
+  # host RUSTFLAGS are dropped as the tests' build drops them (they can break the Wasm build).
+  step "plugins/: cargo fmt --check"
+  cargo fmt --manifest-path plugins/Cargo.toml --all --check
+  step "plugins/: cargo clippy --all-targets --target wasm32-wasip2 -- -D warnings"
+  env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+    cargo clippy --manifest-path plugins/Cargo.toml --target-dir plugins/target \
+    --all-targets --target wasm32-wasip2 -- -D warnings
 fi
 
 # The courier SDK must build for phones. TLS crates that compile C need the phone toolchains

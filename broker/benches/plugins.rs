@@ -5,14 +5,17 @@
 //!
 //! The plugins are built from `plugins/` for wasm32-wasip2 first (cargo, release).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use locus_broker::pipeline::PendingFix;
-use locus_broker::plugins::{
-    scaffold, PluginHost, PluginHostConfig, PluginRegistry, PluginSettings,
-};
+use locus_broker::plugins::{PluginHost, PluginHostConfig, PluginRegistry, PluginSettings};
 use locus_sdk::wire::{Fix, FixDetails};
+
+// The one component helper of the tests and benchmarks, shared with locus-tests; why it is
+// included rather than a dependency is in the file.
+#[path = "../../tests/src/plugin_components.rs"]
+mod plugin_components;
+use plugin_components::component;
 
 const FIXES_PER_RUN: usize = 200_000;
 const COURIERS: usize = 1_000;
@@ -21,13 +24,6 @@ const COURIERS: usize = 1_000;
 type ChainSpec<'a> = (&'a str, Vec<(&'a str, Vec<u8>, PluginSettings)>);
 
 fn main() {
-    let manifest = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/Cargo.toml"));
-    let built = scaffold::build_components(&manifest).expect("plugins build");
-    let component = |name: &str| {
-        let file = format!("{name}.wasm");
-        let path = built.iter().find(|p| p.ends_with(&file)).expect("component built");
-        std::fs::read(path).expect("read component")
-    };
     let zone = |k: &str, v: &str| PluginSettings {
         config: [(k.to_string(), v.to_string())].into_iter().collect(),
         ..Default::default()

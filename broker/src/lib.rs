@@ -14,6 +14,11 @@
 //! - [`config`]: the TOML configuration, one section per part.
 //! - [`cli`]: the `locusd` subcommands.
 
+// The plugin unit tests include tests/src/plugin_components.rs, which names this crate
+// `locus_broker` as the end-to-end tests and the benchmarks do.
+#[cfg(test)]
+extern crate self as locus_broker;
+
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -105,8 +105,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(config.http.request_timeout_ms),
         max_body_bytes: config.http.max_body_bytes,
     };
-    let router =
-        api::server::with_limits(api::router(state, axum::Router::new()), limits, metrics.clone());
+    let router = api::server::with_limits(api::router(state), limits, metrics.clone());
     let plain_server = async {
         if let Some(listener) = plain_http {
             let stopped = stop_signal(stopped.clone());

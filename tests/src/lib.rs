@@ -8,6 +8,7 @@
 //! - [`locusd`]: the path of the binary, built on first use.
 //! - [`influxd`]: a real InfluxDB 1.x server on free ports.
 //! - [`free_port`]: the one port picker (outside the ephemeral range: see [`ports`]).
+//! - [`plugin_components::component`]: a component of `plugins/`, built on first use.
 
 use anyhow::{bail, Context as _};
 use locus_sdk::{topics, wire};
@@ -43,6 +44,7 @@ pub fn locusd() -> &'static Path {
     })
 }
 
+pub mod plugin_components;
 pub mod ports;
 pub use ports::free_port;
 

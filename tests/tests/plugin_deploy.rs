@@ -2,23 +2,10 @@
 //! committed exactly once, untagged before the swap and tagged after; bad deploys change
 //! nothing; rollback; plugins survive a restart. Components are built from `plugins/` source.
 
-use locus_broker::plugins::scaffold;
+use locus_tests::plugin_components::component;
 use locus_tests::{now_ms, report, wait_for, LocusServer, TestCourier};
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
-
-fn component(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let manifest = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/Cargo.toml"));
-        scaffold::build_components(&manifest).expect("the plugins workspace builds")
-    });
-    let file = format!("{}.wasm", name.replace('-', "_"));
-    let path = built.iter().find(|p| p.file_name().is_some_and(|f| f == file.as_str()));
-    std::fs::read(path.unwrap_or_else(|| panic!("no {file} in {built:?}"))).unwrap()
-}
 
 /// PUT /v1/plugins/{name}; the status and JSON body.
 fn deploy(server: &LocusServer, name: &str, bytes: Vec<u8>, settings: Value) -> (u16, Value) {

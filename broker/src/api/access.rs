@@ -7,8 +7,7 @@
 //!
 //! [`ROUTES`] is the only list of routes: [`super::router`] registers exactly these rows, and
 //! the end-to-end test walks the same list, so a route cannot exist without a row saying who
-//! may use it. Routes another part merges in through `extra_v1` (none today) are not in it and
-//! are admin-only.
+//! may use it.
 
 use super::plugins;
 use super::ApiState;

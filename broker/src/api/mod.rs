@@ -92,15 +92,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API's routes: every row of [`access::ROUTES`], behind the token check. Other parts add
-/// routes with `extra_v1` (merged; admin-only unless they get a row in the table).
-pub fn router(state: ApiState, extra_v1: Router<ApiState>) -> Router {
+/// The API's routes: every row of [`access::ROUTES`], behind the token check.
+pub fn router(state: ApiState) -> Router {
     let mut routes = Router::new();
     for route in access::ROUTES {
         routes = routes.route(route.path, route.method_router());
     }
     routes
-        .merge(extra_v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)

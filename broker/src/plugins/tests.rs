@@ -2,27 +2,18 @@
 //! `plugins/`, built for `wasm32-wasip2` by the first test that needs them.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use locus_sdk::wire::{Fix, FixDetails};
 
 use super::*;
 use crate::pipeline::PendingFix;
 
-/// Builds the plugins workspace once per test process and returns the components by name.
-fn component(name: &str) -> Vec<u8> {
-    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let manifest = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/Cargo.toml"));
-        scaffold::build_components(&manifest).expect("the plugins workspace builds")
-    });
-    let file = format!("{}.wasm", name.replace('-', "_"));
-    let path = built
-        .iter()
-        .find(|p| p.file_name().is_some_and(|f| f == file.as_str()))
-        .unwrap_or_else(|| panic!("no component {file} among {built:?}"));
-    std::fs::read(path).expect("read component")
-}
+// The one component helper of the tests and benchmarks, shared with locus-tests; why it is
+// included rather than a dependency is in the file.
+#[path = "../../../tests/src/plugin_components.rs"]
+mod plugin_components;
+use plugin_components::component;
 
 fn registry() -> Arc<PluginRegistry> {
     let db = sled::Config::new().temporary(true).open().expect("sled");
