@@ -87,6 +87,10 @@ struct Args {
     /// Longest wait between reconnect attempts, milliseconds.
     #[arg(long, default_value_t = 5_000)]
     backoff_max_ms: u64,
+    /// How long without ack progress before everything in flight is published again,
+    /// milliseconds (the SDK's `ack_timeout_ms`; its default when not given).
+    #[arg(long)]
+    ack_timeout_ms: Option<u64>,
     /// Print `reported COURIER TS_MS` on stdout once each fix is durably in the outbox.
     #[arg(long)]
     log_reported: bool,
@@ -175,6 +179,9 @@ fn run(args: &Args) -> Result<bool> {
         };
         config.outbox.fsync = !args.no_fsync;
         config.backoff.max_ms = args.backoff_max_ms;
+        if let Some(ms) = args.ack_timeout_ms {
+            config.ack_timeout_ms = ms;
+        }
         let courier = Courier::connect(config).with_context(|| format!("courier {id}"))?;
         couriers.push(courier);
     }

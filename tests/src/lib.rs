@@ -98,17 +98,32 @@ impl LocusServer {
 
     /// Starts a server with extra TOML configuration.
     pub fn start_with(anonymous: bool, config: Option<&str>) -> LocusServer {
-        Self::start_full(anonymous, config, None)
+        Self::start_full(anonymous, config, None, |_| {})
+    }
+
+    /// Starts on a data dir that `prepare` fills first (for example with one an older release
+    /// wrote).
+    pub fn start_on_data_dir(
+        anonymous: bool,
+        config: Option<&str>,
+        prepare: impl FnOnce(&Path),
+    ) -> LocusServer {
+        Self::start_full(anonymous, config, None, prepare)
     }
 
     /// Starts a server that also listens with TLS (MQTT 3.1.1, MQTT 5 and HTTPS) on free ports,
     /// with `tls`'s certificate; the harness's own HTTP calls go over HTTPS when the plain
     /// listeners are off, trusting `tls.ca_pem`.
     pub fn start_tls(anonymous: bool, config: Option<&str>, tls: TlsSetup) -> LocusServer {
-        Self::start_full(anonymous, config, Some(tls))
+        Self::start_full(anonymous, config, Some(tls), |_| {})
     }
 
-    fn start_full(anonymous: bool, config: Option<&str>, tls: Option<TlsSetup>) -> LocusServer {
+    fn start_full(
+        anonymous: bool,
+        config: Option<&str>,
+        tls: Option<TlsSetup>,
+        prepare: impl FnOnce(&Path),
+    ) -> LocusServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let mut http_client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
@@ -136,6 +151,7 @@ impl LocusServer {
             starts: 0,
         };
         server.admin_token = server.token_command(&["admin"]);
+        prepare(&server.data_dir());
         server.launch();
         server
     }

@@ -98,3 +98,61 @@ fn a_full_outbox_holds_back_acks_until_influxdb_takes_writes() {
     wait_for_count(&influxd, 6);
     wait_for("acks flowing", || (server.metric("locus_acks_paused") == 0.0).then_some(()));
 }
+
+/// A data dir written by the previous release (layout 1: a sled key per track fix, a committed
+/// seq per courier, an outbox of line protocol) opens in this one: everything is still served,
+/// the acks are where they were, and the 13 lines its outbox held reach InfluxDB.
+///
+/// `tests/fixtures/layout1-data-dir.tar.gz` was made with the locusd of commit 8584135 (the
+/// release before the commit log), anonymous, `[influx]` pointed at a closed port so every
+/// point stayed in the outbox: courier `c1` reports seqs 1–5 with two fixes each at
+/// base + seq·1000 and base + seq·1000 + 500 ms; `c2` seqs 1–3 with one fix each at
+/// base + seq·1000 carrying order `o-7`; `c3` sends `nonsense` (a dead letter); then SIGTERM.
+/// base = 1796401078520.
+#[test]
+fn a_data_dir_of_the_previous_release_is_migrated_and_its_outbox_shipped() {
+    const BASE: u64 = 1_796_401_078_520;
+    let influxd = Influxd::start("locus").unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/layout1-data-dir.tar.gz");
+    let mut server =
+        LocusServer::start_on_data_dir(true, Some(&influx_config(&influxd)), |data_dir| {
+            std::fs::create_dir_all(data_dir).unwrap();
+            let status = std::process::Command::new("tar")
+                .arg("-xzf")
+                .arg(&fixture)
+                .arg("-C")
+                .arg(data_dir)
+                .status()
+                .expect("tar");
+            assert!(status.success(), "unpacking {}", fixture.display());
+        });
+    assert!(server.log().contains("migrated the data dir"), "{}", server.log());
+
+    let expected: Vec<u64> =
+        (1..=5).flat_map(|s| [BASE + s * 1000, BASE + s * 1000 + 500]).collect();
+    assert_eq!(server.track_ts("c1"), expected);
+    assert_eq!(server.track_ts("c2"), [BASE + 1000, BASE + 2000, BASE + 3000]);
+    assert_eq!(server.get_ok("/v1/couriers/c1/location")["ts"], BASE + 5500);
+    assert_eq!(server.get_ok("/v1/orders/o-7/location")["courier"], "c2");
+    let letters = server.get_ok("/v1/dead-letters");
+    assert_eq!(letters["dead_letters"][0]["reason"], "unknown_version", "{letters}");
+    // The outbox of the old release is shipped, exactly once.
+    wait_for_count(&influxd, 13);
+
+    // Seqs carried over: the retained ack is the old committed seq, a resend is a duplicate,
+    // the next seq is taken.
+    let mut courier = TestCourier::connect(server.mqtt, "c1", None).unwrap();
+    courier.wait_ack(5);
+    courier.publish(&report(5, BASE + 9_000, 41.0, 2.0));
+    courier.publish(&report(6, BASE + 10_000, 41.0, 2.0));
+    courier.wait_ack(6);
+    assert_eq!(server.track_ts("c1").len(), 11);
+    wait_for_count(&influxd, 14);
+
+    // And the migrated dir opens again as it is now.
+    assert!(server.stop());
+    server.restart();
+    assert_eq!(server.track_ts("c1").len(), 11);
+    assert!(!server.log().contains("migrating"), "migrated only once");
+}

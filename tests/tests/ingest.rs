@@ -410,3 +410,79 @@ fn a_bad_config_names_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_batch"), "{stderr}");
 }
+
+/// The retained ack of `courier` as `mosquitto_sub` reads it (the watermark: every report up to
+/// it is committed).
+fn retained_ack(server: &LocusServer, courier: &str) -> u64 {
+    let output = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args(["-i", &format!("{courier}-ack-reader"), "-t", &format!("couriers/{courier}/acks")])
+        .args(["-C", "1", "-W", "10", "-F", "%x"])
+        .output()
+        .expect("mosquitto_sub is installed (scripts/test.sh)");
+    assert!(output.status.success(), "no retained ack for {courier}: {output:?}");
+    let hex = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    wire::decode_ack(&bytes).expect("an ack").seq
+}
+
+/// Reports published out of order with mosquitto_pub (as a broker that drops under pressure,
+/// an app with two senders or a gateway would deliver them): every one is stored, and the ack
+/// never covers a seq the server does not have. A second fix at a device millisecond the
+/// courier already has is refused with a reason, never overwriting the first.
+#[test]
+fn reordered_and_same_millisecond_reports_lose_nothing_acked() {
+    let server = LocusServer::start_anonymous();
+    let now = now_ms() - 60_000;
+    let publish = |seq: u64, fixes: &[(u64, f64)]| {
+        let fixes: Vec<String> = fixes
+            .iter()
+            .map(|(ts, lat)| format!(r#"{{"ts":{ts},"lat":{lat},"lon":2.17}}"#))
+            .collect();
+        let json = format!(r#"{{"seq":{seq},"fixes":[{}]}}"#, fixes.join(","));
+        assert!(mosquitto_pub(&server, "ro", None, &encode_json(&json)));
+    };
+    let committed = |n: usize| wait_for(&format!("{n} fixes"), || {
+        (server.track_ts("ro").len() == n).then_some(())
+    });
+
+    publish(1, &[(now + 1_000, 41.0)]);
+    committed(1);
+    assert_eq!(retained_ack(&server, "ro"), 1);
+    publish(3, &[(now + 3_000, 41.0)]);
+    committed(2);
+    assert_eq!(retained_ack(&server, "ro"), 1, "2 has not arrived: the ack must not cover it");
+    publish(2, &[(now + 2_000, 41.0)]);
+    committed(3);
+    assert_eq!(retained_ack(&server, "ro"), 3);
+    assert_eq!(server.track_ts("ro"), [now + 1_000, now + 2_000, now + 3_000]);
+    assert_eq!(server.metric("locus_duplicate_reports_total"), 0.0);
+    // A resend of 2 now is a duplicate: acked again, not stored again.
+    publish(2, &[(now + 2_000, 41.0)]);
+    wait_for("the duplicate", || {
+        (server.metric("locus_duplicate_reports_total") == 1.0).then_some(())
+    });
+
+    // Same device millisecond: twice in one report, and again in a later report.
+    publish(4, &[(now + 4_000, 42.0), (now + 4_000, 43.0), (now + 5_000, 44.0)]);
+    committed(5);
+    publish(5, &[(now + 4_000, 45.0), (now + 6_000, 46.0)]);
+    committed(6);
+    assert_eq!(retained_ack(&server, "ro"), 5);
+    let track = server.get_ok("/v1/couriers/ro/track?limit=100");
+    let at_4000: Vec<&serde_json::Value> =
+        track["fixes"].as_array().unwrap().iter().filter(|f| f["ts"] == now + 4_000).collect();
+    assert_eq!(at_4000.len(), 1);
+    assert_eq!(at_4000[0]["lat"], 42.0, "the first fix at a millisecond stays");
+    assert_eq!(server.metric("locus_dead_letters_total{reason=\"same_device_time\"}"), 2.0);
+    let letters = server.get_ok("/v1/dead-letters");
+    let same: Vec<&serde_json::Value> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["reason"] == "same_device_time")
+        .collect();
+    assert_eq!(same.len(), 2, "{letters}");
+    assert!(same[0]["detail"].as_str().unwrap().contains("fixes[1]"), "{}", same[0]);
+}
