@@ -109,10 +109,15 @@ struct Totals {
     connected_couriers: AtomicUsize,
     /// Connection failures (a failed connect or a dropped connection), by message.
     errors: Mutex<HashMap<String, u64>>,
+    /// Those of them while measuring.
+    errors_measuring: AtomicU64,
 }
 
 impl Totals {
     fn connection_failed(&self, error: &rumqttc::ConnectionError) {
+        if self.measuring.load(Ordering::Relaxed) {
+            self.errors_measuring.fetch_add(1, Ordering::Relaxed);
+        }
         *self.errors.lock().expect("errors lock").entry(error.to_string()).or_default() += 1;
     }
 
@@ -198,6 +203,8 @@ struct RunResult {
     connected: usize,
     /// Connection failures, most frequent message first.
     errors: Vec<(String, u64)>,
+    /// How many of them happened while measuring.
+    errors_measuring: u64,
 }
 
 impl RunResult {
@@ -216,13 +223,14 @@ impl RunResult {
         let mut line = format!(
             "{label:<width$} {:>9} fixes/s  p50={p50:.2}ms p90={p90:.2}ms p99={p99:.2}ms \
              max={max:.2}ms  ({} fixes in {:.1} s, {} reports timed, couriers connected {}/{}, \
-             connection errors: {errors}",
+             connection errors: {errors} ({} while measuring)",
             thousands(self.fixes_per_s().round() as u64),
             thousands(self.fixes_acked),
             self.elapsed_s,
             thousands(self.samples),
             self.connected,
             self.couriers,
+            self.errors_measuring,
         );
         if let Some((first, _)) = self.errors.first() {
             line.push_str(&format!(", most: {first}"));
@@ -343,6 +351,7 @@ async fn measure(
         couriers: args.couriers,
         connected: totals.connected_couriers.load(Ordering::Relaxed),
         errors: totals.errors(),
+        errors_measuring: totals.errors_measuring.load(Ordering::Relaxed),
     })
 }
 
@@ -756,6 +765,7 @@ mod tests {
             couriers: 100,
             connected: 99,
             errors: vec![("Network timeout".into(), 2), ("I/O: reset".into(), 1)],
+            errors_measuring: 1,
         };
         let line = result.summary("locusd:", "bare rumqttd:".len());
         assert!(!line.contains('\n'));
@@ -764,7 +774,10 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("couriers connected 99/100"), "{line}");
-        assert!(line.contains("connection errors: 3, most: Network timeout)"), "{line}");
+        assert!(
+            line.contains("connection errors: 3 (1 while measuring), most: Network timeout)"),
+            "{line}"
+        );
         assert_eq!(result.reports_per_s(), 152_300.0);
     }
 
@@ -779,6 +792,7 @@ mod tests {
             couriers: 100,
             connected: 100,
             errors: Vec::new(),
+            errors_measuring: 0,
         };
         // 100,000 reports/s against 1,000/s × 100 couriers.
         let limits = MqttConfig::default();
