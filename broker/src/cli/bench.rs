@@ -93,20 +93,32 @@ impl BenchArgs {
 
 const WARMUP: Duration = Duration::from_secs(2);
 
-/// How long a run waits for its couriers to connect before the warm-up; a run where none did
-/// by then fails.
-const CONNECT_GRACE: Duration = Duration::from_secs(10);
+/// How long a run waits for its couriers to connect before the load starts; a run where none
+/// did by then (or where every courier failed and none connected) fails.
+const CONNECT_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a courier waits for its CONNACK, seconds. rumqttd accepts connections one at a time
+/// (a few hundred a second here), so a thousand couriers connecting at once take seconds: with
+/// rumqttc's default of 5 s the last ones gave up, and the broker, which still completed their
+/// first attempt, then took their session over from the retry, closing it (a cascade of
+/// "connection errors" that were only the generator's impatience).
+const CONNECT_TIMEOUT_S: u64 = 30;
 
 /// Outstanding reports may take this long to be acked after a run before the couriers hang up.
 const DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Totals {
+    /// Couriers publish once this is set: after all of them connected (or CONNECT_GRACE), so a
+    /// burst of connections is not slowed by the load of the couriers already in.
+    go: AtomicBool,
     measuring: AtomicBool,
     fixes_acked: AtomicU64,
     reports_published: AtomicU64,
     /// Couriers that connected at least once.
     connected_couriers: AtomicUsize,
+    /// Couriers that failed to connect before they ever connected.
+    failed_before_connecting: AtomicUsize,
     /// Connection failures (a failed connect or a dropped connection), by message.
     errors: Mutex<HashMap<String, u64>>,
     /// Those of them while measuring.
@@ -151,6 +163,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let width = if bare.is_some() { "bare rumqttd:".len() } else { "locusd:".len() };
     eprintln!("bench: locusd at {}", args.mqtt);
     let locusd = measure(&args, args.mqtt, authority.as_ref()).await?;
+    report_errors("locusd", &locusd);
     println!("{}", locusd.summary("locusd:", width));
     let Some(bare) = bare else {
         if let Some(note) = rate_limit_note("locusd", &locusd, &limits) {
@@ -161,6 +174,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     eprintln!("bench: bare rumqttd at {}", bare.addr);
     let baseline = measure(&args, bare.addr, None).await?;
+    report_errors("bare rumqttd", &baseline);
     println!("{}", baseline.summary("bare rumqttd:", width));
     for (label, result) in [("locusd", &locusd), ("bare rumqttd", &baseline)] {
         if let Some(note) = rate_limit_note(label, result, &limits) {
@@ -169,6 +183,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("{}", ratio_line(locusd.fixes_per_s(), baseline.fixes_per_s()));
     Ok(())
+}
+
+/// Every kind of connection failure of a run, on stderr (the summary names the commonest).
+fn report_errors(label: &str, result: &RunResult) {
+    for (error, count) in &result.errors {
+        eprintln!("bench: {label}: connection error ×{count}: {error}");
+    }
 }
 
 /// A warning when a run came within 10% of (or past, thanks to the burst) the publish rate
@@ -302,11 +323,13 @@ async fn measure(
         anyhow::Ok(())
     };
 
-    // The warm-up starts once every courier is connected (a burst of a thousand connections
-    // can take seconds), or at the latest after CONNECT_GRACE.
+    // The load and the warm-up start once every courier is connected, or at the latest after
+    // CONNECT_GRACE.
     let deadline = Instant::now() + CONNECT_GRACE;
     while totals.connected_couriers.load(Ordering::Relaxed) < args.couriers
         && Instant::now() < deadline
+        && !(totals.connected_couriers.load(Ordering::Relaxed) == 0
+            && totals.failed_before_connecting.load(Ordering::Relaxed) == args.couriers)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -323,6 +346,7 @@ async fn measure(
             CONNECT_GRACE.as_secs()
         );
     }
+    totals.go.store(true, Ordering::Relaxed);
     tokio::time::sleep(WARMUP).await;
 
     latencies.lock().expect("histogram lock").reset();
@@ -380,6 +404,8 @@ struct Outstanding {
 #[derive(Default)]
 struct Link {
     connected: bool,
+    /// Set when the courier hangs up at the end: a connection failure then is no failure.
+    closing: bool,
     sent: VecDeque<Outstanding>,
 }
 
@@ -394,7 +420,10 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
     }
     // At most `window` reports and one SUBSCRIBE wait in the request queue (the window bounds
     // the reports), so `try_publish` always finds room.
-    let (client, eventloop) = AsyncClient::new(options, run.window * 2 + 8);
+    let (client, mut eventloop) = AsyncClient::new(options, run.window * 2 + 8);
+    let mut network = eventloop.network_options();
+    network.set_connection_timeout(CONNECT_TIMEOUT_S);
+    eventloop.set_network_options(network);
     let topic = topics::locations(&run.courier);
     let window = Arc::new(Semaphore::new(run.window));
     let link: Arc<Mutex<Link>> = Arc::default();
@@ -407,7 +436,6 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
         fixes_per_report: run.fixes_per_report as u64,
         totals: run.totals.clone(),
         latencies: run.latencies.clone(),
-        stop: run.stop.clone(),
     }));
 
     let mut ticker = run.interval.map(|period| {
@@ -418,6 +446,12 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
     let fixes_per_report = run.fixes_per_report as u64;
     let mut seq = 0u64;
     let mut next_ts = 0u64;
+    while !run.totals.go.load(Ordering::Relaxed) && !run.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(ticker) = &mut ticker {
+        ticker.reset(); // no burst of the ticks missed while waiting
+    }
     'publish: while !run.stop.load(Ordering::Relaxed) && !events.is_finished() {
         if let Some(ticker) = &mut ticker {
             ticker.tick().await;
@@ -472,6 +506,7 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    link.lock().expect("link lock").closing = true;
     client.try_disconnect().ok();
     if events.is_finished() {
         // It only ends early on an error of this program (see `drive_connection`).
@@ -494,7 +529,6 @@ struct ConnectionRun {
     fixes_per_report: u64,
     totals: Arc<Totals>,
     latencies: Arc<Mutex<Histogram<u64>>>,
-    stop: Arc<AtomicBool>,
 }
 
 /// Drives one courier's connection until aborted: reads acks, and after a failure backs off,
@@ -555,18 +589,22 @@ async fn drive_connection(mut run: ConnectionRun) -> anyhow::Result<()> {
             }
             Ok(_) => {}
             Err(e) => {
-                {
+                let closing = {
                     let mut link = run.link.lock().expect("link lock");
                     link.connected = false;
                     // Empty the request queue too (into rumqttc's pending list, which the
                     // next clean session drops): the resend after reconnecting sends all.
                     run.eventloop.clean();
-                }
-                if run.stop.load(Ordering::Relaxed) {
-                    // Hanging up at the end is no failure; wait to be aborted.
+                    link.closing
+                };
+                if closing {
+                    // The end of the run; wait to be aborted.
                     std::future::pending::<()>().await;
                 }
                 run.totals.connection_failed(&e);
+                if !ever_connected && failures_in_a_row == 0 {
+                    run.totals.failed_before_connecting.fetch_add(1, Ordering::Relaxed);
+                }
                 failures_in_a_row += 1;
                 tokio::time::sleep(jittered(backoff(failures_in_a_row))).await;
             }
