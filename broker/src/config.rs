@@ -298,6 +298,7 @@ impl Config {
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms as usize),
             ("http.request_timeout_ms", self.http.request_timeout_ms as usize),
             ("store.checkpoint_interval_ms", self.store.checkpoint_interval_ms as usize),
+            ("store.cache_mib", self.store.cache_mib as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Inconsistent(format!("{key} must be at least 1")));

@@ -22,7 +22,7 @@ use std::time::Duration;
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     config.check()?;
-    let options = StoreOptions { keep_for_shipper: config.influx.is_some() };
+    let options = StoreOptions::new(&config.store, config.influx.is_some());
     let store = Store::open_with(&config.data_dir.join("db"), options)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let checkpointer = Checkpointer::start(

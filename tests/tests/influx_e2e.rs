@@ -113,8 +113,8 @@ fn a_full_outbox_holds_back_acks_until_influxdb_takes_writes() {
 fn a_data_dir_of_the_previous_release_is_migrated_and_its_outbox_shipped() {
     const BASE: u64 = 1_796_401_078_520;
     let influxd = Influxd::start("locus").unwrap();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/layout1-data-dir.tar.gz");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/layout1-data-dir.tar.gz");
     let mut server =
         LocusServer::start_on_data_dir(true, Some(&influx_config(&influxd)), |data_dir| {
             std::fs::create_dir_all(data_dir).unwrap();

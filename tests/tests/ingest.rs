@@ -422,8 +422,10 @@ fn retained_ack(server: &LocusServer, courier: &str) -> u64 {
         .expect("mosquitto_sub is installed (scripts/test.sh)");
     assert!(output.status.success(), "no retained ack for {courier}: {output:?}");
     let hex = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let bytes: Vec<u8> =
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
     wire::decode_ack(&bytes).expect("an ack").seq
 }
 
@@ -443,9 +445,9 @@ fn reordered_and_same_millisecond_reports_lose_nothing_acked() {
         let json = format!(r#"{{"seq":{seq},"fixes":[{}]}}"#, fixes.join(","));
         assert!(mosquitto_pub(&server, "ro", None, &encode_json(&json)));
     };
-    let committed = |n: usize| wait_for(&format!("{n} fixes"), || {
-        (server.track_ts("ro").len() == n).then_some(())
-    });
+    let committed = |n: usize| {
+        wait_for(&format!("{n} fixes"), || (server.track_ts("ro").len() == n).then_some(()))
+    };
 
     publish(1, &[(now + 1_000, 41.0)]);
     committed(1);

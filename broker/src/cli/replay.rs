@@ -168,7 +168,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file_len = file.metadata()?.len();
     let topic = format!("replay:{}", args.file.display());
 
-    let store = open_store(&config.data_dir, config.influx.is_some())?;
+    let options = StoreOptions::new(&config.store, config.influx.is_some());
+    let store = open_store(&config.data_dir, options)?;
     let metrics = Arc::new(Metrics::new());
     let mut intake = Intake::new(config.pipeline.clone(), store.clone(), metrics);
     // Nothing ships while replay runs (locusd, which ships, holds the database), so the outbox
@@ -328,9 +329,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens the data dir's sled database, which locusd holds locked while it runs.
-fn open_store(data_dir: &Path, keep_for_shipper: bool) -> anyhow::Result<Store> {
+fn open_store(data_dir: &Path, options: StoreOptions) -> anyhow::Result<Store> {
     let path = data_dir.join("db");
-    Store::open_with(&path, StoreOptions { keep_for_shipper }).map_err(|e| match &e {
+    Store::open_with(&path, options).map_err(|e| match &e {
         StoreError::Sled(sled::Error::Io(io))
             if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
         {

@@ -197,7 +197,11 @@ mod tests {
     #[test]
     fn counts_fixes_limits_and_reads_whole_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(dir.path(), StoreOptions { keep_for_shipper: true }).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            StoreOptions { keep_for_shipper: true, ..StoreOptions::default() },
+        )
+        .unwrap();
         // Left from before: lines an older release queued.
         store.append_lines(b"left from before".to_vec()).unwrap();
         let outbox = Outbox::open(&store, &config(4, 2));

@@ -178,7 +178,11 @@ mod tests {
     fn a_layout_1_data_dir_opens_with_everything_in_it() {
         let dir = tempfile::tempdir().unwrap();
         layout_1(dir.path());
-        let store = Store::open_with(dir.path(), StoreOptions { keep_for_shipper: true }).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            StoreOptions { keep_for_shipper: true, ..StoreOptions::default() },
+        )
+        .unwrap();
         assert_eq!(store.seq_window("c1").watermark(), 42);
         assert_eq!(store.last_location("c1").unwrap(), Some(stored(100)));
         let track = store.track("c1", None, None, 1_000).unwrap();

@@ -20,8 +20,9 @@
 //!     `track_blocks`, with the views' cursor, in one transaction. Recovery replays the log
 //!     after that cursor: its time is bounded by the interval, not by the store's size.
 //!   - the InfluxDB shipper reads the log after its own cursor ([`Store::shipper_read`]).
-//!   A log entry is removed once the checkpoint and the shipper (when InfluxDB is on) have
-//!   both passed it.
+//!
+//!   A log entry is removed once a durable checkpoint and the shipper (when InfluxDB is on)
+//!   have both passed it.
 //! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`].
 //! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes).
 //! - `meta`: the layout version and the cursors. A data dir of the previous layout (a key per
@@ -84,20 +85,41 @@ pub struct StoreConfig {
     /// How often the views (live state, track blocks) are checkpointed into sled, ms. Recovery
     /// after a crash replays at most this much of the log; shorter costs more writes.
     pub checkpoint_interval_ms: u64,
+    /// sled's page cache, MiB: most of locusd's resident memory under load. More keeps more
+    /// of the tracks in memory for reads; the write path needs little.
+    pub cache_mib: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { checkpoint_interval_ms: 1000 }
+        StoreConfig { checkpoint_interval_ms: 1000, cache_mib: 128 }
     }
 }
 
 /// How a store is opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Keep log entries until the InfluxDB shipper has passed them (set when `[influx]` is on,
     /// also in `locusd replay`, which queues for the shipper of the next `locusd serve`).
     pub keep_for_shipper: bool,
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            keep_for_shipper: false,
+            cache_bytes: StoreConfig::default().cache_mib * 1024 * 1024,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The options `[store]` and `[influx]` ask for.
+    pub fn new(config: &StoreConfig, keep_for_shipper: bool) -> StoreOptions {
+        StoreOptions { keep_for_shipper, cache_bytes: config.cache_mib * 1024 * 1024 }
+    }
 }
 
 /// Everything one commit changes.
@@ -135,8 +157,21 @@ struct Inner {
     shipper: Mutex<ShipperCursor>,
     /// Fixes in log entries the shipper has not finished.
     shipper_pending: AtomicU64,
-    /// One checkpoint at a time.
-    checkpointing: Mutex<()>,
+    /// One checkpoint at a time; holds the last checkpoint not yet known to be durable.
+    checkpointing: Mutex<Option<WrittenCheckpoint>>,
+    /// Flushes begun and the newest one finished (numbered from 1): a checkpoint is durable
+    /// once a flush begun after it has finished.
+    flushes_begun: AtomicU64,
+    flushes_done: AtomicU64,
+}
+
+/// A checkpoint that is written but may not be durable yet.
+#[derive(Debug, Clone, Copy)]
+struct WrittenCheckpoint {
+    /// The views' cursor it holds.
+    cursor: u64,
+    /// The first flush number begun after it was written.
+    durable_after_flush: u64,
 }
 
 /// Where the shipper is: every entry up to `through` is shipped, and these above it.
@@ -201,7 +236,11 @@ impl Store {
     /// from the last checkpoint and replays the log after it.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         // sled's own background flush is a safety net; durability comes from explicit flushes.
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(1000)).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
         let meta = db.open_tree("meta")?;
         let log = db.open_tree(log::LOG_TREE)?;
         let courier_state = db.open_tree("courier_state")?;
@@ -274,7 +313,9 @@ impl Store {
                     done_above: BTreeSet::new(),
                 }),
                 shipper_pending: AtomicU64::new(pending),
-                checkpointing: Mutex::new(()),
+                checkpointing: Mutex::new(None),
+                flushes_begun: AtomicU64::new(0),
+                flushes_done: AtomicU64::new(0),
                 db,
             }),
         })
@@ -358,7 +399,9 @@ impl Store {
 
     /// Makes everything committed so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let ticket = self.inner.flushes_begun.fetch_add(1, Ordering::AcqRel) + 1;
         self.inner.db.flush()?;
+        self.inner.flushes_done.fetch_max(ticket, Ordering::AcqRel);
         Ok(())
     }
 
@@ -368,10 +411,16 @@ impl Store {
     }
 
     /// Copies what changed in the live view into sled with the views' cursor (one
-    /// transaction), flushes, and removes the log entries every view has passed.
+    /// transaction), and removes the log entries that every view has passed and that a durable
+    /// checkpoint covers.
+    ///
+    /// It does not flush on its own under load: the committer flushes all the time, and a
+    /// checkpoint's fsync would hold up the acks behind it. The log behind a checkpoint goes
+    /// once a flush has begun after it (at the next checkpoint); when nothing else flushed by
+    /// then (an idle server), the checkpoint flushes itself.
     pub fn checkpoint(&self) -> Result<CheckpointStats, StoreError> {
         let inner = &self.inner;
-        let _one_at_a_time = inner.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut previous = inner.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         let (couriers, orders, blocks, cursor, next_block_id) = {
             let mut live = self.live_mut();
             let couriers: Vec<(String, Vec<u8>)> = live
@@ -433,19 +482,37 @@ impl Store {
             }
         }
         written?;
-        // The log must not lose what the checkpoint does not hold yet: flush the checkpoint
-        // (and the shipper's cursor) before removing entries.
-        let shipper_through = self.shipper_cursor().through;
-        inner.db.flush()?;
-        let through =
-            if inner.options.keep_for_shipper { cursor.min(shipper_through) } else { cursor };
-        let mut removed = sled::Batch::default();
+        let durable = match *previous {
+            Some(earlier)
+                if inner.flushes_done.load(Ordering::Acquire) >= earlier.durable_after_flush =>
+            {
+                Some(earlier.cursor)
+            }
+            Some(earlier) if earlier.cursor > 0 => {
+                // Nothing flushed since the last checkpoint: an idle server, so it is cheap.
+                self.flush()?;
+                Some(earlier.cursor)
+            }
+            _ => None,
+        };
+        *previous = Some(WrittenCheckpoint {
+            cursor,
+            durable_after_flush: inner.flushes_begun.load(Ordering::Acquire) + 1,
+        });
         let mut log_entries_removed = 0;
-        for key in inner.log.range(..=log::key(through)).keys() {
-            removed.remove(key?);
-            log_entries_removed += 1;
+        if let Some(durable) = durable {
+            // Entries the shipper has passed are gone from InfluxDB's point of view too; its
+            // cursor need not be durable (a restart finds the log starting after it).
+            let shipper_through = self.shipper_cursor().through;
+            let through =
+                if inner.options.keep_for_shipper { durable.min(shipper_through) } else { durable };
+            let mut removed = sled::Batch::default();
+            for key in inner.log.range(..=log::key(through)).keys() {
+                removed.remove(key?);
+                log_entries_removed += 1;
+            }
+            inner.log.apply_batch(removed)?;
         }
-        inner.log.apply_batch(removed)?;
         Ok(CheckpointStats {
             couriers: couriers.len(),
             orders: orders.len(),
@@ -645,17 +712,27 @@ impl Checkpointer {
     pub fn start(store: Store, interval: std::time::Duration) -> std::io::Result<Checkpointer> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread =
-            std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || loop {
-                let last = matches!(
-                    stopped.recv_timeout(interval),
-                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-                );
-                match store.checkpoint() {
-                    Ok(stats) => tracing::trace!(?stats, "checkpoint"),
-                    Err(e) => tracing::error!(error = %e, "checkpoint failed; will retry"),
-                }
-                if last {
-                    return;
+            std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
+                // The first one at once: what was replayed at open is then checkpointed even if the
+                // process dies again within an interval.
+                let mut last = false;
+                loop {
+                    let started = std::time::Instant::now();
+                    match store.checkpoint() {
+                        Ok(stats) => tracing::debug!(
+                            ?stats,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "checkpoint"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "checkpoint failed; will retry"),
+                    }
+                    if last {
+                        return;
+                    }
+                    last = matches!(
+                        stopped.recv_timeout(interval),
+                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                    );
                 }
             })?;
         Ok(Checkpointer { stop, thread })

@@ -72,8 +72,11 @@ fn a_checkpoint_moves_the_views_to_sled_and_empties_the_log() {
     store.commit(Commit { record: order.finish(), ..Commit::default() }).unwrap();
 
     let stats = store.checkpoint().unwrap();
-    assert_eq!((stats.couriers, stats.orders, stats.log_entries_removed), (2, 1, 201));
+    assert_eq!((stats.couriers, stats.orders), (2, 1));
     assert!(stats.blocks >= 200 / track::BLOCK_FIXES);
+    assert_eq!(stats.log_entries_removed, 0, "not before the checkpoint is durable");
+    // Nothing flushed since (an idle store): the next checkpoint flushes and removes.
+    assert_eq!(store.checkpoint().unwrap().log_entries_removed, 201);
     assert_eq!(store.inner.log.len(), 0);
     assert_eq!(store.checkpoint().unwrap().log_entries_removed, 0);
     drop(store);
@@ -90,7 +93,7 @@ fn a_checkpoint_moves_the_views_to_sled_and_empties_the_log() {
 #[test]
 fn the_shipper_keeps_log_entries_until_it_has_passed_them() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions { keep_for_shipper: true };
+    let options = StoreOptions { keep_for_shipper: true, ..StoreOptions::default() };
     let store = Store::open_with(dir.path(), options).unwrap();
     store.commit(reports("c1", &[1, 2])).unwrap();
     store.commit(reports("c1", &[3])).unwrap();

@@ -53,7 +53,11 @@ pub struct Env {
 impl Env {
     pub fn new(config: InfluxConfig) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(dir.path(), StoreOptions { keep_for_shipper: true }).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            StoreOptions { keep_for_shipper: true, ..StoreOptions::default() },
+        )
+        .unwrap();
         let outbox = Outbox::open(&store, &config);
         Env { dir, store, outbox, config }
     }
