@@ -1,5 +1,6 @@
-//! Shipper throughput against a local influxd: a backlog of N lines in the sled outbox, in
-//! commits of C lines (one outbox entry each, as the pipeline writes them), is shipped with the
+//! Shipper throughput against a local influxd: a backlog of N fixes in the commit log, in
+//! commits of C fixes (one log entry each, as the pipeline writes them), is turned into lines and
+//! shipped with the
 //! default batching (5,000 lines per request, two in flight; gzip and plain, and one request in
 //! flight for comparison); reports lines/s and the CPU time
 //! the shipping process spends per line (from /proc/self/stat), with influxd's CPU alongside.
@@ -45,7 +46,7 @@ fn run(lines: u64, per_commit: usize, gzip: bool, concurrency: usize) -> Result<
     let env = Env::new(config);
     let base = base_ts();
     for start in (0..lines).step_by(100_000) {
-        env.enqueue_commits(
+        env.commit_fixes(
             (start..(start + 100_000).min(lines)).map(|i| fix(base, i, 1_000)),
             per_commit,
         );

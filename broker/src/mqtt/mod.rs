@@ -117,9 +117,12 @@ pub fn start(
         router: RouterConfig {
             max_connections: config.max_connections,
             max_outgoing_packet_count: 200,
-            // The log is only a relay buffer: committed data lives in sled, and anything lost
-            // here is resent by devices (it was never acked).
-            max_segment_size: 64 * 1024 * 1024,
+            // The log is only a relay buffer between devices and the pipeline: committed data
+            // lives in sled, and anything lost here is resent by devices (it was never acked).
+            // rumqttd counts topic + payload bytes here, while each kept publish costs several
+            // times that in memory, so a few seconds of full-speed input is plenty: 4 × 8 MiB
+            // is about 500,000 one-fix reports.
+            max_segment_size: 8 * 1024 * 1024,
             max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,

@@ -30,7 +30,7 @@ use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -419,6 +419,7 @@ fn run_intake(
     mut intake: Intake,
     mut rx: LinkRx,
     to_committer: mpsc::SyncSender<PendingAcks>,
+    flushing: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
     let max_batch = intake.config.max_batch_reports;
@@ -469,6 +470,14 @@ fn run_intake(
                     }
                 }
                 Ok(Some(_)) => {}
+                // While the committer is still flushing earlier commits, whatever arrives
+                // meanwhile joins this one: it could not be acked sooner anyway, and one log
+                // entry per flush keeps the cost per fix low at any load.
+                Ok(None) | Err(LinkError::RecvTimeout(_))
+                    if !publishes.is_empty() && flushing.load(Ordering::Acquire) > 0 =>
+                {
+                    deadline = Instant::now() + Duration::from_micros(200);
+                }
                 Ok(None) => break,
                 Err(LinkError::RecvTimeout(_)) => break,
                 Err(e) => {
@@ -497,6 +506,7 @@ fn run_intake(
             continue;
         }
         let pending = PendingAcks { first_received, reports, fixes, acks };
+        flushing.fetch_add(1, Ordering::AcqRel);
         if to_committer.send(pending).is_err() {
             return;
         }
@@ -508,6 +518,7 @@ fn run_committer(
     store: Store,
     mut tx: LinkTx,
     from_intake: mpsc::Receiver<PendingAcks>,
+    flushing: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
     // The broker keeps retained messages in memory only: re-announce every courier's committed
@@ -522,7 +533,9 @@ fn run_committer(
         // Group commit: one flush covers every batch applied so far.
         let mut group = vec![first];
         group.extend(from_intake.try_iter());
-        if let Err(e) = store.flush() {
+        let flushed = store.flush();
+        flushing.fetch_sub(group.len(), Ordering::AcqRel);
+        if let Err(e) = flushed {
             // Not durable, so not acked; devices resend. sled errors here are I/O failures.
             tracing::error!(error = %e, "flush failed; acks withheld");
             continue;
@@ -590,12 +603,15 @@ impl PipelineHandle {
         let metrics = intake.metrics.clone();
         let BrokerLink { tx, rx } = link;
         let intake_stop = stop.clone();
+        // Commits handed to the committer and not flushed yet.
+        let flushing = Arc::new(AtomicUsize::new(0));
+        let committer_flushing = flushing.clone();
         let intake = std::thread::Builder::new()
             .name("pipeline-intake".into())
-            .spawn(move || run_intake(intake, rx, to_committer, intake_stop))?;
+            .spawn(move || run_intake(intake, rx, to_committer, flushing, intake_stop))?;
         let committer = std::thread::Builder::new()
             .name("pipeline-commit".into())
-            .spawn(move || run_committer(store, tx, from_intake, metrics))?;
+            .spawn(move || run_committer(store, tx, from_intake, committer_flushing, metrics))?;
         Ok(PipelineHandle { stop, intake, committer })
     }
 

@@ -8,7 +8,7 @@ use super::seqs::SeqWindow;
 use super::track::OpenTracks;
 use super::StoredFix;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What the `courier_state` tree keeps per courier.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,8 @@ pub(super) struct Live {
     pub(super) tracks: OpenTracks,
     /// The newest log entry applied.
     pub(super) applied_through: u64,
+    /// Couriers with fixes since the last prune (only their tracks can have outgrown it).
+    pub(super) touched: HashSet<String>,
 }
 
 impl Live {
@@ -54,6 +56,13 @@ impl Live {
         mut stored_order: impl FnMut(&str) -> Option<(String, StoredFix)>,
     ) {
         let CommitRecord { received_ms, couriers, reports, fixes } = record;
+        if !fixes.is_empty() {
+            for courier in &couriers {
+                if !self.touched.contains(courier) {
+                    self.touched.insert(courier.clone());
+                }
+            }
+        }
         for (courier, seq) in reports {
             let live = self.courier_mut(&couriers[courier as usize]);
             let _ = live.record.seqs.take(seq);

@@ -159,6 +159,8 @@ struct Inner {
     shipper_pending: AtomicU64,
     /// One checkpoint at a time; holds the last checkpoint not yet known to be durable.
     checkpointing: Mutex<Option<WrittenCheckpoint>>,
+    /// Calls of [`Store::prune`] so far.
+    prunes: AtomicU64,
     /// Flushes begun and the newest one finished (numbered from 1): a checkpoint is durable
     /// once a flush begun after it has finished.
     flushes_begun: AtomicU64,
@@ -193,6 +195,9 @@ pub struct CheckpointStats {
     /// Log entries removed.
     pub log_entries_removed: usize,
 }
+
+/// Every how many prunes every courier's track is looked at (see [`Store::prune`]).
+pub const FULL_PRUNE_EVERY: u64 = 60;
 
 const FORMAT: u64 = 2;
 const META_FORMAT: &[u8] = b"format";
@@ -314,6 +319,7 @@ impl Store {
                 }),
                 shipper_pending: AtomicU64::new(pending),
                 checkpointing: Mutex::new(None),
+                prunes: AtomicU64::new(0),
                 flushes_begun: AtomicU64::new(0),
                 flushes_done: AtomicU64::new(0),
                 db,
@@ -601,13 +607,26 @@ impl Store {
     /// Removes track blocks whose fixes are all older than `min_ts_ms` and beyond the newest
     /// `max_per_courier` fixes per courier (whole blocks), and dead letters beyond
     /// `max_dead_letters`. Returns how many fixes and letters were removed.
+    ///
+    /// Only the couriers that got fixes since the last call can have outgrown their limit, so
+    /// only they are looked at; every [`FULL_PRUNE_EVERY`]th call looks at every courier, for
+    /// the tracks of couriers gone quiet that age out.
     pub fn prune(
         &self,
         min_ts_ms: u64,
         max_per_courier: usize,
         max_dead_letters: usize,
     ) -> Result<usize, StoreError> {
-        let couriers: Vec<String> = self.live().couriers.keys().cloned().collect();
+        let full = self.inner.prunes.fetch_add(1, Ordering::Relaxed) % FULL_PRUNE_EVERY == 0;
+        let couriers: Vec<String> = {
+            let mut live = self.live_mut();
+            let touched = std::mem::take(&mut live.touched);
+            if full {
+                live.couriers.keys().cloned().collect()
+            } else {
+                touched.into_iter().collect()
+            }
+        };
         let mut removed = 0;
         for courier in couriers {
             let open = self.live().tracks.snapshot(&courier);

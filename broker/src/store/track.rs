@@ -14,7 +14,7 @@
 
 use super::{decode, encode, StoreError, StoredFix};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// The sled tree of the track.
 pub(super) const TRACK_TREE: &str = "track_blocks";
@@ -312,7 +312,11 @@ pub(super) fn has_fix_at(tree: &sled::Tree, courier: &str, ts: u64) -> Result<bo
 
 /// Removes `courier`'s written blocks whose every fix is older than `min_ts`, and the oldest
 /// blocks beyond the newest `max_fixes` fixes (whole blocks: a block is kept while any of its
-/// fixes is). Blocks still open in memory are left alone. Returns the fixes removed.
+/// fixes may be). Blocks still open in memory are left alone. Returns the fixes removed.
+///
+/// Decodes nothing: a block's age comes from its key (every fix is within a span of its first)
+/// and its size from the length prefix of its postcard value, so pruning a long track costs a
+/// key scan.
 pub(super) fn prune(
     tree: &sled::Tree,
     open: &OpenSnapshot,
@@ -324,18 +328,15 @@ pub(super) fn prune(
     let mut kept: usize = open.iter().map(|(_, fixes)| fixes.len()).sum();
     let mut batch = sled::Batch::default();
     let mut removed = 0;
-    let mut by_age: BTreeMap<(u64, Vec<u8>), usize> = BTreeMap::new();
-    for entry in tree.scan_prefix(&prefix) {
+    // Newest first by first device time: late blocks of old fixes sort with their time.
+    for entry in tree.scan_prefix(&prefix).rev() {
         let (key, value) = entry?;
         if holds(open, &key) {
             continue;
         }
-        let block: TrackBlock = decode(TRACK_TREE, &value)?;
-        let newest = block.fixes.last().map_or(0, |f| f.fix.ts_ms);
-        by_age.insert((newest, key.to_vec()), block.fixes.len());
-    }
-    for ((newest, key), len) in by_age.into_iter().rev() {
-        if kept >= max_fixes || newest < min_ts {
+        let len = block_len(&value)?;
+        let all_old = first_ts_of(&key, prefix.len()).saturating_add(BLOCK_SPAN_MS) <= min_ts;
+        if kept >= max_fixes || all_old {
             batch.remove(key);
             removed += len;
         } else {
@@ -344,6 +345,13 @@ pub(super) fn prune(
     }
     tree.apply_batch(batch)?;
     Ok(removed)
+}
+
+/// How many fixes a block value holds: its postcard length prefix (a varint).
+fn block_len(value: &[u8]) -> Result<usize, StoreError> {
+    let (len, _) = postcard::take_from_bytes::<u32>(value)
+        .map_err(|source| StoreError::Corrupt { tree: TRACK_TREE, source })?;
+    Ok(len as usize)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use locus_broker::influx::outbox::lines_of;
 use locus_broker::influx::{
     point, DeadLetterSink, HealthHandle, InfluxConfig, InfluxMetrics, InfluxState, Outbox, Shipper,
 };
-use locus_broker::store::{DeadLetter, LogEntry, Store, StoreOptions, StoredFix};
+use locus_broker::store::{
+    Commit, DeadLetter, LogEntry, RecordBuilder, Store, StoreOptions, StoredFix,
+};
 use locus_sdk::wire::{Fix, FixDetails};
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -76,6 +78,24 @@ impl Env {
     ) {
         for commit in self.lines(fixes).chunks(per_commit) {
             self.commit(commit.to_vec());
+        }
+    }
+
+    /// Commits fixes the way the pipeline does, `per_commit` to a log entry (the shipper then
+    /// turns them into lines itself). Each entry's receive time is its first fix's.
+    pub fn commit_fixes(
+        &self,
+        fixes: impl IntoIterator<Item = (String, StoredFix)>,
+        per_commit: usize,
+    ) {
+        let fixes: Vec<(String, StoredFix)> = fixes.into_iter().collect();
+        for chunk in fixes.chunks(per_commit) {
+            let mut record = RecordBuilder::new(chunk[0].1.received_ms);
+            for (courier, fix) in chunk {
+                record.fix(courier, fix.fix.clone(), fix.attributes.clone());
+            }
+            self.store.commit(Commit { record: record.finish(), ..Commit::default() }).unwrap();
+            self.outbox.committed();
         }
     }
 
