@@ -149,7 +149,7 @@ async fn bind_http(
 /// cannot load is logged and left out; it never stops the server.
 pub(crate) fn start_plugins(config: &Config, store: &Store) -> anyhow::Result<Arc<PluginRegistry>> {
     let host = PluginHost::new(&config.plugins).context("starting the plugin host")?;
-    let tree = store.db().open_tree("plugins").context("opening the plugins tree")?;
+    let tree = store.plugins_tree().context("opening the plugins tree")?;
     let (registry, problems) = PluginRegistry::open(host, tree, config.plugins.dir.as_deref())
         .context("loading plugins")?;
     let loaded = registry.list();

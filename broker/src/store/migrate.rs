@@ -197,6 +197,6 @@ mod tests {
             lines,
             [LogEntry::LegacyLines(b"a 1\nb 2".to_vec()), LogEntry::LegacyLines(b"c 3".to_vec())]
         );
-        assert!(store.db().tree_names().iter().all(|n| n.as_ref() != b"track"));
+        assert!(store.inner.db.tree_names().iter().all(|n| n.as_ref() != b"track"));
     }
 }

@@ -29,7 +29,7 @@
 //!   track fix, a committed seq per courier, an outbox of line protocol) is migrated by
 //!   [`migrate`] on first open.
 //!
-//! Other parts keep trees of their own through [`Store::db`] (the plugin registry).
+//! The plugin registry keeps its records in a tree the store opens for it ([`Store::plugins_tree`]).
 
 mod live;
 pub mod log;
@@ -199,6 +199,9 @@ pub struct CheckpointStats {
 /// Every how many prunes every courier's track is looked at (see [`Store::prune`]).
 pub const FULL_PRUNE_EVERY: u64 = 60;
 
+/// The plugin registry's tree.
+const PLUGINS_TREE: &str = "plugins";
+
 const FORMAT: u64 = 2;
 const META_FORMAT: &[u8] = b"format";
 const META_VIEWS_CURSOR: &[u8] = b"views_cursor";
@@ -327,9 +330,10 @@ impl Store {
         })
     }
 
-    /// The whole database (for parts that keep their own trees, like plugins).
-    pub fn db(&self) -> &sled::Db {
-        &self.inner.db
+    /// The tree the plugin registry keeps deployed plugins in (its records are the registry's
+    /// own; the store only owns the tree, like every durable tree).
+    pub fn plugins_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(PLUGINS_TREE)?)
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
