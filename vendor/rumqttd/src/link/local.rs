@@ -347,7 +347,8 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // locus: grows on demand (see PATCHES.md, idle connections).
+            cache: VecDeque::new(),
         }
     }
 

@@ -134,7 +134,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // locus: grows on demand (see PATCHES.md, idle connections).
+            notifications: VecDeque::new(),
             will_delay_interval,
             events,
             publish_limit: max_publish_rate.map(|rate| {

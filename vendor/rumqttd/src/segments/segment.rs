@@ -29,14 +29,18 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // locus: grow on demand; one log per topic (an ack topic per courier) made
+            // 1024 slots per topic most of an idle connection's memory.
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // locus: grow on demand; one log per topic (an ack topic per courier) made
+            // 1024 slots per topic most of an idle connection's memory.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }
