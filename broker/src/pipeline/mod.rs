@@ -23,7 +23,10 @@ pub use validate::{FixProblem, ReportProblem};
 use crate::influx::Outbox;
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
-use crate::store::{Commit, DeadLetter, RecordBuilder, SeqTake, SeqWindow, Store, StoreError};
+use crate::store::{
+    Commit, DeadLetter, DeadLetterReason, DeadLetterSource, RecordBuilder, SeqTake, SeqWindow,
+    Store, StoreError,
+};
 use bytes::Bytes;
 use locus_sdk::wire::{self, Fix};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
@@ -104,6 +107,8 @@ pub struct Intake {
 pub struct BackfillSource {
     /// A short place name, such as `line 12`.
     pub where_from: String,
+    /// The source of its dead letter (a replayed file and line).
+    pub source: DeadLetterSource,
     /// The input bytes the fix was read from (the line), kept as the payload of its dead letter.
     pub input: Vec<u8>,
 }
@@ -189,13 +194,12 @@ impl Intake {
     /// replay`): each is validated like a reported fix, then goes through the plugin chain and
     /// into the track, last locations and InfluxDB. No seq advances and no ack is owed. Each
     /// fix comes with [`BackfillSource`]: where it came from (e.g. `line 12`, the prefix of its
-    /// dead letter's detail) and the input bytes it was read from (its dead letter's payload);
-    /// `topic` names the source in dead letters. The caller skips fixes the track already has.
+    /// dead letter's detail), its dead letter's source, and the input bytes it was read from
+    /// (its dead letter's payload). The caller skips fixes the track already has.
     pub fn build_fixes(
         &mut self,
         fixes: Vec<(PendingFix, BackfillSource)>,
         received_ms: u64,
-        topic: &str,
     ) -> Result<BuiltBatch, StoreError> {
         let mut building = Building {
             record: RecordBuilder::new(received_ms),
@@ -208,14 +212,14 @@ impl Intake {
             match validate::check_fix(&fix.fix, received_ms, &self.config) {
                 Ok(()) => pending.push(fix),
                 Err(problem) => {
-                    let letter = DeadLetter {
-                        reason: problem.code().to_owned(),
-                        detail: format!("{}: {problem}", source.where_from),
-                        topic: topic.to_owned(),
-                        courier: Some(fix.courier),
+                    let letter = DeadLetter::new(
+                        problem.reason(),
+                        source.source,
+                        Some(fix.courier),
+                        format!("{}: {problem}", source.where_from),
+                        source.input,
                         received_ms,
-                        payload: source.input,
-                    };
+                    );
                     self.refuse(letter, &mut building.out);
                 }
             }
@@ -309,15 +313,12 @@ impl Intake {
     ) -> Result<(), StoreError> {
         self.metrics.reports_received.inc();
         let topic_text = String::from_utf8_lossy(topic);
-        let dead_letter =
-            |problem: &ReportProblem, courier: Option<&str>, bytes: &[u8]| DeadLetter {
-                reason: problem.code().to_owned(),
-                detail: problem.to_string(),
-                topic: topic_text.to_string(),
-                courier: courier.map(str::to_owned),
-                received_ms,
-                payload: bytes.to_vec(),
-            };
+        let source = || DeadLetterSource::Mqtt { topic: topic_text.to_string() };
+        let dead_letter = |problem: &ReportProblem, courier: Option<&str>, bytes: &[u8]| {
+            let courier = courier.map(str::to_owned);
+            let detail = problem.to_string();
+            DeadLetter::new(problem.reason(), source(), courier, detail, bytes, received_ms)
+        };
         let Some(courier) = courier_of(&topic_text).map(str::to_owned) else {
             let letter = dead_letter(&ReportProblem::BadTopic, None, payload);
             self.refuse(letter, &mut building.out);
@@ -365,18 +366,17 @@ impl Intake {
                 Err(problem) => refused.push((index, problem)),
             }
         }
-        let mut reasons: Vec<&'static str> = refused.iter().map(|(_, p)| p.code()).collect();
-        let mut seen = HashSet::new();
-        reasons.retain(|r| seen.insert(*r));
+        let mut reasons: Vec<DeadLetterReason> = Vec::new();
+        for (_, problem) in &refused {
+            let reason = problem.reason();
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
         for reason in reasons {
-            let letter = DeadLetter {
-                reason: reason.to_owned(),
-                detail: refused_fixes_detail(&refused, reason, total),
-                topic: topic_text.to_string(),
-                courier: Some(courier.clone()),
-                received_ms,
-                payload: payload.to_vec(),
-            };
+            let detail = refused_fixes_detail(&refused, &reason, total);
+            let courier = Some(courier.clone());
+            let letter = DeadLetter::new(reason, source(), courier, detail, payload, received_ms);
             self.refuse(letter, &mut building.out);
         }
         Ok(())
@@ -384,7 +384,7 @@ impl Intake {
 
     fn refuse(&self, letter: DeadLetter, out: &mut BuiltBatch) {
         self.metrics.dead_letter(&letter.reason);
-        tracing::debug!(reason = %letter.reason, detail = %letter.detail, topic = %letter.topic, "dead letter");
+        tracing::debug!(reason = %letter.reason, detail = %letter.detail, source = %letter.source, "dead letter");
         out.commit.dead_letters.push(letter);
     }
 }
@@ -397,11 +397,15 @@ fn finish(building: Building) -> BuiltBatch {
 
 /// The detail of a dead letter for the fixes of one report refused for `reason`: how many of the
 /// report's fixes, and which ones (by index, the first few with their problem).
-fn refused_fixes_detail(refused: &[(usize, FixProblem)], reason: &str, total: usize) -> String {
+fn refused_fixes_detail(
+    refused: &[(usize, FixProblem)],
+    reason: &DeadLetterReason,
+    total: usize,
+) -> String {
     /// Problems spelled out; the rest are counted.
     const LISTED: usize = 5;
     let these: Vec<&(usize, FixProblem)> =
-        refused.iter().filter(|(_, p)| p.code() == reason).collect();
+        refused.iter().filter(|(_, p)| p.reason() == *reason).collect();
     let mut detail =
         format!("{} of the report's {total} fixes refused (its valid fixes are kept)", these.len());
     for (index, problem) in these.iter().take(LISTED) {
@@ -630,6 +634,8 @@ mod tests {
         let payload = wire::encode_report(&wire::Report { seq: 1, fixes });
         let topic = Bytes::from("couriers/c1/locations");
         let built = intake.build(&[(topic, Bytes::from(payload.clone()))], now).unwrap();
+        let mqtt = DeadLetterSource::Mqtt { topic: "couriers/c1/locations".into() };
+        assert!(built.commit.dead_letters.iter().all(|l| l.source == mqtt && l.received_ms == now));
 
         assert_eq!(built.commit.record.fixes.len(), 2, "fixes 0 and 5 are kept");
         assert_eq!(built.acks.get("c1"), Some(&1));
@@ -663,17 +669,20 @@ mod tests {
                 attributes: vec![],
             };
             let input = format!("input {ts}").into_bytes();
-            (fix, BackfillSource { where_from: format!("line {ts}"), input })
+            let source = DeadLetterSource::Replay { file: "f.jsonl".into(), line: ts };
+            (fix, BackfillSource { where_from: format!("line {ts}"), source, input })
         };
-        let live = intake.build_fixes(vec![pending(now, 41.0)], now, "t").unwrap();
+        let live = intake.build_fixes(vec![pending(now, 41.0)], now).unwrap();
         intake.commit(live.commit).unwrap();
         let old = now - 365 * 24 * 3600 * 1000;
         let built =
-            intake.build_fixes(vec![pending(old, 40.0), pending(old + 1, 95.0)], now, "t").unwrap();
+            intake.build_fixes(vec![pending(old, 40.0), pending(old + 1, 95.0)], now).unwrap();
         assert_eq!(built.commit.record.fixes.len(), 1, "a year-old fix passes without max_age_ms");
         assert!(built.commit.record.reports.is_empty() && built.acks.is_empty());
         let letter = &built.commit.dead_letters[0];
-        assert_eq!(letter.reason, "coordinates_out_of_range");
+        assert_eq!(letter.reason, DeadLetterReason::CoordinatesOutOfRange);
+        let source = DeadLetterSource::Replay { file: "f.jsonl".into(), line: old + 1 };
+        assert_eq!((&letter.source, letter.source.topic()), (&source, "replay:f.jsonl".into()));
         assert!(letter.detail.starts_with(&format!("line {}: ", old + 1)), "{}", letter.detail);
         assert_eq!(letter.payload, format!("input {}", old + 1).into_bytes(), "the input as read");
         intake.commit(built.commit).unwrap();
@@ -734,7 +743,7 @@ mod tests {
         store.checkpoint().unwrap();
         let built = intake.build(&[publish("c1", 3, &[now - 5, now - 6])], now).unwrap();
         assert_eq!(built.commit.record.fixes.len(), 1, "now - 6 is new, now - 5 is not");
-        assert_eq!(built.commit.dead_letters[0].reason, "same_device_time");
+        assert_eq!(built.commit.dead_letters[0].reason, DeadLetterReason::SameDeviceTime);
         // Another courier's fix at the same millisecond is its own.
         let built = intake.build(&[publish("c2", 1, &[now - 5])], now).unwrap();
         assert_eq!(built.commit.record.fixes.len(), 1);

@@ -22,9 +22,9 @@ use arc_swap::ArcSwap;
 use super::host::{CompiledPlugin, PluginHost};
 use super::instance::{from_guest, to_guest, Outcome, PluginInstance};
 use super::stats::PluginStats;
-use super::{FailurePolicy, PluginSettings, REASON_PLUGIN_FAILED, REASON_PLUGIN_REJECTED};
+use super::{FailurePolicy, PluginSettings};
 use crate::pipeline::{FixTransform, PendingFix, TransformOutput};
-use crate::store::DeadLetter;
+use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource};
 
 /// What the chain made of a batch.
 #[derive(Debug, Default)]
@@ -232,7 +232,8 @@ fn run_slot(
         super::truncate_on_char_boundary(&mut reason, 1024);
         let detail =
             format!("plugin {} version {} rejected the fix: {reason}", plugin.name, plugin.version);
-        dead_letters.push(dead_letter(REASON_PLUGIN_REJECTED, detail, &batch[index], now));
+        let reason = DeadLetterReason::PluginRejected(reason);
+        dead_letters.push(dead_letter(&plugin, reason, detail, &batch[index], now));
     }
     kept
 }
@@ -257,22 +258,29 @@ fn fail(
         FailurePolicy::DeadLetter => {
             let detail = format!("plugin {} version {}: {reason}", plugin.name, plugin.version);
             let now = super::now_ms();
-            dead_letters.extend(
-                batch.iter().map(|fix| dead_letter(REASON_PLUGIN_FAILED, detail.clone(), fix, now)),
-            );
+            dead_letters.extend(batch.iter().map(|fix| {
+                dead_letter(plugin, DeadLetterReason::PluginFailed, detail.clone(), fix, now)
+            }));
             Vec::new()
         }
     }
 }
 
-fn dead_letter(reason: &str, detail: String, fix: &PendingFix, now_ms: u64) -> DeadLetter {
-    DeadLetter {
-        reason: reason.to_string(),
-        detail,
-        topic: locus_sdk::topics::locations(&fix.courier),
-        courier: Some(fix.courier.clone()),
-        received_ms: now_ms,
-        // The one fix, re-encoded (postcard of the wire `Fix`); cannot fail into a Vec.
-        payload: postcard::to_allocvec(&fix.fix).unwrap_or_default(),
-    }
+fn dead_letter(
+    plugin: &LoadedPlugin,
+    reason: DeadLetterReason,
+    detail: String,
+    fix: &PendingFix,
+    now_ms: u64,
+) -> DeadLetter {
+    let source = DeadLetterSource::Plugin {
+        name: plugin.name.to_string(),
+        version: plugin.version.clone(),
+        input: Box::new(DeadLetterSource::Mqtt {
+            topic: locus_sdk::topics::locations(&fix.courier),
+        }),
+    };
+    // The one fix, re-encoded (postcard of the wire `Fix`); cannot fail into a Vec.
+    let payload = postcard::to_allocvec(&fix.fix).unwrap_or_default();
+    DeadLetter::new(reason, source, Some(fix.courier.clone()), detail, payload, now_ms)
 }

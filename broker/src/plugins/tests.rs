@@ -8,6 +8,7 @@ use locus_sdk::wire::{Fix, FixDetails};
 
 use super::*;
 use crate::pipeline::PendingFix;
+use crate::store::{DeadLetterReason, DeadLetterSource};
 
 // The one component helper of the tests and benchmarks, shared with locus-tests; why it is
 // included rather than a dependency is in the file.
@@ -137,7 +138,9 @@ fn jitter_filter_drops_inaccurate_fixes_and_jumps_remembering_couriers_across_ba
         .expect("redeploy");
     let out = chain.process(vec![with_accuracy(fix("c4", 1, 41.0, 2.0), 10_000)]);
     assert_eq!(out.dead_letters.len(), 1);
-    assert_eq!(out.dead_letters[0].reason, REASON_PLUGIN_REJECTED);
+    let text = "accuracy 100 m is worse than 50 m";
+    assert_eq!(out.dead_letters[0].reason, DeadLetterReason::PluginRejected(text.into()));
+    assert_eq!(out.dead_letters[0].reason.as_str(), "plugin_rejected");
     assert!(
         out.dead_letters[0].detail.contains("accuracy 100 m"),
         "{}",
@@ -200,11 +203,12 @@ fn infinite_loop_hits_the_deadline_and_a_fresh_instance_takes_the_next_batch() {
     assert!(out.kept.is_empty());
     assert_eq!(out.dead_letters.len(), 2);
     let letter = &out.dead_letters[0];
-    assert_eq!(letter.reason, REASON_PLUGIN_FAILED);
+    assert_eq!(letter.reason, DeadLetterReason::PluginFailed);
     assert!(letter.detail.contains("plugin hostile version "), "{}", letter.detail);
     assert!(letter.detail.contains("time budget of 50 ms"), "{}", letter.detail);
     assert_eq!(letter.courier.as_deref(), Some("loop"));
-    assert_eq!(letter.topic, "couriers/loop/locations");
+    assert_eq!(letter.source.topic(), "couriers/loop/locations");
+    assert!(matches!(&letter.source, DeadLetterSource::Plugin { name, .. } if name == "hostile"));
     assert_eq!(
         postcard::from_bytes::<Fix>(&letter.payload).expect("payload"),
         Fix::from_degrees(1, 41.0, 2.0)
