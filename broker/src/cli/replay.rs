@@ -12,15 +12,18 @@
 //! `replay_progress` tree, keyed by the file's identity (canonical path, size, modification
 //! time), so a rerun continues where the last committed batch ended and never doubles a fix.
 //! A fix whose (courier, device time) is already in the track counts as a duplicate and is
-//! skipped. Bad lines are dead letters with topic `replay:FILE`, never a panic.
+//! skipped. Bad lines are dead letters from [`DeadLetterSource::Replay`] (the file and line;
+//! topic `replay:FILE` in the API) holding the line as read, never a panic; so are the fixes
+//! plugins refuse.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::{now_ms, BackfillSource, Intake, PendingFix};
+use crate::pipeline::{now_ms, FixInput, Intake, PendingFix};
 use crate::store::{
     DeadLetter, DeadLetterReason, DeadLetterSource, Store, StoreError, StoreOptions,
 };
 use anyhow::Context as _;
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use locus_sdk::wire::json::FixJson;
 use serde::Deserialize;
@@ -246,10 +249,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             if text.trim().is_empty() {
                 continue;
             }
-            let where_from = format!("line {}", progress.line);
             let source = DeadLetterSource::Replay { file: file_name.clone(), line: progress.line };
             let letter = |reason: DeadLetterReason, detail: String, courier: Option<String>| {
-                let detail = format!("{where_from}: {detail}");
+                let detail = format!("line {}: {detail}", progress.line);
                 DeadLetter::new(reason, source.clone(), courier, detail, &line[..], received_ms)
             };
             let parsed = match &headers {
@@ -286,8 +288,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 counts.duplicates += 1;
                 continue;
             }
-            let source = BackfillSource { where_from, source, input: line.clone() };
-            fixes.push((PendingFix { courier: row.courier, fix, attributes: vec![] }, source));
+            // The line is the fix's input: its dead letter's payload, should a plugin refuse it.
+            let input = FixInput::new(source, Bytes::copy_from_slice(&line), received_ms);
+            fixes.push(PendingFix::new(row.courier, fix, input));
         }
         if lines_in_batch == 0 {
             break;

@@ -46,6 +46,39 @@ pub struct PendingFix {
     pub fix: Fix,
     /// Attributes added so far by plugins.
     pub attributes: Vec<(String, String)>,
+    /// What the fix was read from, for the dead letter a plugin may make of it; plugins never
+    /// see it. Each fix carries its input itself (rather than the chain keeping a vector of
+    /// inputs beside the batch) so that no step that keeps, changes, drops or rejects fixes can
+    /// get the two out of step; shared by the fixes of one report, it costs a reference count
+    /// per fix and no copy.
+    pub input: Arc<FixInput>,
+}
+
+impl PendingFix {
+    /// A fix read from `input`, without attributes.
+    pub fn new(courier: String, fix: Fix, input: Arc<FixInput>) -> PendingFix {
+        PendingFix { courier, fix, attributes: Vec::new(), input }
+    }
+}
+
+/// What pending fixes were read from: the bytes exactly as they came in (a report's MQTT
+/// payload, a replayed line), where from, and when. A plugin that rejects a fix, or fails its
+/// batch, dead-letters these bytes, never a re-encoded fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixInput {
+    /// Where the bytes came from ([`DeadLetterSource::Mqtt`] or [`DeadLetterSource::Replay`]).
+    pub source: DeadLetterSource,
+    /// The bytes as received (for a report, the publish's own buffer).
+    pub bytes: Bytes,
+    /// Server time they were received, Unix milliseconds.
+    pub received_ms: u64,
+}
+
+impl FixInput {
+    /// The input of fixes read from `bytes`, received at `received_ms` from `source`.
+    pub fn new(source: DeadLetterSource, bytes: Bytes, received_ms: u64) -> Arc<FixInput> {
+        Arc::new(FixInput { source, bytes, received_ms })
+    }
 }
 
 /// A stage between validation and commit (the plugin chain). Called from the intake thread once
@@ -100,17 +133,6 @@ pub struct Intake {
     metrics: Arc<Metrics>,
     transform: Option<Box<dyn FixTransform>>,
     influx: Option<Outbox>,
-}
-
-/// Where a backfilled fix ([`Intake::build_fixes`]) came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackfillSource {
-    /// A short place name, such as `line 12`.
-    pub where_from: String,
-    /// The source of its dead letter (a replayed file and line).
-    pub source: DeadLetterSource,
-    /// The input bytes the fix was read from (the line), kept as the payload of its dead letter.
-    pub input: Vec<u8>,
 }
 
 /// What one call of [`Intake::build`] produced.
@@ -193,12 +215,12 @@ impl Intake {
     /// Builds one commit from fixes that did not come from a report (the backfill of `locusd
     /// replay`): each is validated like a reported fix, then goes through the plugin chain and
     /// into the track, last locations and InfluxDB. No seq advances and no ack is owed. Each
-    /// fix comes with [`BackfillSource`]: where it came from (e.g. `line 12`, the prefix of its
-    /// dead letter's detail), its dead letter's source, and the input bytes it was read from
-    /// (its dead letter's payload). The caller skips fixes the track already has.
+    /// fix's [`FixInput`] (a replayed line) is its dead letter's source and payload; a
+    /// replayed line's number begins the letter's detail (`line 12: …`). The caller skips
+    /// fixes the track already has.
     pub fn build_fixes(
         &mut self,
-        fixes: Vec<(PendingFix, BackfillSource)>,
+        fixes: Vec<PendingFix>,
         received_ms: u64,
     ) -> Result<BuiltBatch, StoreError> {
         let mut building = Building {
@@ -207,18 +229,23 @@ impl Intake {
             out: BuiltBatch::default(),
         };
         let mut pending = Vec::with_capacity(fixes.len());
-        for (fix, source) in fixes {
+        for fix in fixes {
             self.metrics.fixes_received.inc();
             match validate::check_fix(&fix.fix, received_ms, &self.config) {
                 Ok(()) => pending.push(fix),
                 Err(problem) => {
+                    let input = &fix.input;
+                    let detail = match &input.source {
+                        DeadLetterSource::Replay { line, .. } => format!("line {line}: {problem}"),
+                        _ => problem.to_string(),
+                    };
                     let letter = DeadLetter::new(
                         problem.reason(),
-                        source.source,
+                        input.source.clone(),
                         Some(fix.courier),
-                        format!("{}: {problem}", source.where_from),
-                        source.input,
-                        received_ms,
+                        detail,
+                        input.bytes.to_vec(),
+                        input.received_ms,
                     );
                     self.refuse(letter, &mut building.out);
                 }
@@ -242,7 +269,7 @@ impl Intake {
             _ => pending,
         };
         building.out.fixes += kept.len() as u64;
-        for PendingFix { courier, fix, attributes } in kept {
+        for PendingFix { courier, fix, attributes, .. } in kept {
             building.record.fix(&courier, fix, attributes);
         }
     }
@@ -306,7 +333,7 @@ impl Intake {
     fn take_report(
         &mut self,
         topic: &[u8],
-        payload: &[u8],
+        payload: &Bytes,
         received_ms: u64,
         pending: &mut Vec<PendingFix>,
         building: &mut Building,
@@ -350,6 +377,7 @@ impl Intake {
         // the payload as received (never a rebuilt report) and naming the refused fixes, so a
         // report of many bad fixes costs a few letters, not one copy of itself per fix.
         let total = report.fixes.len();
+        let input = FixInput::new(source(), payload.clone(), received_ms);
         let mut refused: Vec<(usize, FixProblem)> = Vec::new();
         for (index, fix) in report.fixes.into_iter().enumerate() {
             let checked = validate::check_fix(&fix, received_ms, &self.config);
@@ -360,9 +388,7 @@ impl Intake {
                 other => other,
             };
             match checked {
-                Ok(()) => {
-                    pending.push(PendingFix { courier: courier.clone(), fix, attributes: vec![] })
-                }
+                Ok(()) => pending.push(PendingFix::new(courier.clone(), fix, input.clone())),
                 Err(problem) => refused.push((index, problem)),
             }
         }
@@ -376,7 +402,8 @@ impl Intake {
         for reason in reasons {
             let detail = refused_fixes_detail(&refused, &reason, total);
             let courier = Some(courier.clone());
-            let letter = DeadLetter::new(reason, source(), courier, detail, payload, received_ms);
+            let letter =
+                DeadLetter::new(reason, source(), courier, detail, &payload[..], received_ms);
             self.refuse(letter, &mut building.out);
         }
         Ok(())
@@ -663,14 +690,9 @@ mod tests {
         let mut intake = Intake::new(config, store.clone(), Arc::new(Metrics::new()));
         let now = now_ms();
         let pending = |ts: u64, lat: f64| {
-            let fix = PendingFix {
-                courier: "c1".into(),
-                fix: Fix::from_degrees(ts, lat, 2.0),
-                attributes: vec![],
-            };
-            let input = format!("input {ts}").into_bytes();
             let source = DeadLetterSource::Replay { file: "f.jsonl".into(), line: ts };
-            (fix, BackfillSource { where_from: format!("line {ts}"), source, input })
+            let input = FixInput::new(source, Bytes::from(format!("input {ts}")), now);
+            PendingFix::new("c1".into(), Fix::from_degrees(ts, lat, 2.0), input)
         };
         let live = intake.build_fixes(vec![pending(now, 41.0)], now).unwrap();
         intake.commit(live.commit).unwrap();

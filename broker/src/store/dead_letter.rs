@@ -196,7 +196,7 @@ pub enum DeadLetterSource {
         line: u64,
     },
     /// A plugin that rejected the fix or failed its batch; `input` is where the fix came from
-    /// (an MQTT topic or a replayed line).
+    /// (an MQTT topic or a replayed line), which the payload is.
     Plugin {
         /// The plugin's name.
         name: String,
@@ -257,8 +257,7 @@ pub struct DeadLetter {
     pub received_ms: u64,
     /// The bytes exactly as they came in: the MQTT payload (also when only some of its fixes
     /// were refused; `detail` names them), the input line of a replay, the line protocol of a
-    /// point InfluxDB refused. (A plugin's letter holds the fix as the plugin saw it: the
-    /// postcard of the wire `Fix`.)
+    /// point InfluxDB refused. A plugin's letter holds the report or line the fix came from.
     pub payload: Vec<u8>,
 }
 
