@@ -358,7 +358,7 @@ impl From<LegacyDeadLetter> for DeadLetter {
                 };
             }
         }
-        DeadLetter { reason, source, detail, courier, received_ms, payload }
+        DeadLetter::new(reason, source, courier, detail, payload, received_ms)
     }
 }
 
