@@ -7,8 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use locus_broker::pipeline::PendingFix;
+use locus_broker::pipeline::{FixInput, PendingFix};
 use locus_broker::plugins::{PluginHost, PluginHostConfig, PluginRegistry, PluginSettings};
+use locus_broker::store::DeadLetterSource;
 use locus_sdk::wire::{Fix, FixDetails};
 
 // The one component helper of the tests and benchmarks, shared with locus-tests; why it is
@@ -102,6 +103,9 @@ fn main() {
 /// courier per second, inside the zone half of the time.
 fn make_batches(batch: usize) -> Vec<Vec<PendingFix>> {
     let mut all = Vec::with_capacity(FIXES_PER_RUN);
+    // What the fixes were read from (only a dead letter would look at it).
+    let source = DeadLetterSource::Mqtt { topic: "couriers/bench/locations".into() };
+    let input = FixInput::new(source, Default::default(), 0);
     for i in 0..FIXES_PER_RUN {
         let courier = i % COURIERS;
         let step = (i / COURIERS) as f64;
@@ -111,7 +115,7 @@ fn make_batches(batch: usize) -> Vec<Vec<PendingFix>> {
             2.16,
         );
         fix.details = Some(FixDetails { accuracy_cm: Some(500), ..Default::default() });
-        all.push(PendingFix { courier: format!("courier-{courier}"), fix, attributes: Vec::new() });
+        all.push(PendingFix::new(format!("courier-{courier}"), fix, input.clone()));
     }
     let mut batches = Vec::new();
     let mut iter = all.into_iter().peekable();

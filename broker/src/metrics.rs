@@ -3,6 +3,7 @@
 //! One [`Metrics`] is created at start and shared (`Arc`) by the parts that count; each part's
 //! own metrics (InfluxDB shipper, plugins) register into the same registry.
 
+use crate::store::DeadLetterReason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -213,8 +214,9 @@ impl Metrics {
     }
 
     /// Counts one dead letter.
-    pub fn dead_letter(&self, reason: &str) {
-        self.dead_letters.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    pub fn dead_letter(&self, reason: &DeadLetterReason) {
+        let label = ReasonLabel { reason: reason.as_str().to_owned() };
+        self.dead_letters.get_or_create(&label).inc();
     }
 
     /// Lets another part register its metrics under the `locus_` prefix.

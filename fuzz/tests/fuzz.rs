@@ -13,7 +13,9 @@ use locus_broker::config::PipelineConfig;
 use locus_broker::metrics::Metrics;
 use locus_broker::pipeline::{validate, Intake};
 use locus_broker::plugins::{scaffold, PluginSettings};
-use locus_broker::store::{Commit, DeadLetter, RecordBuilder, Store};
+use locus_broker::store::{
+    Commit, DeadLetter, DeadLetterReason, DeadLetterSource, RecordBuilder, Store,
+};
 use locus_fuzz::{Outcome, Target};
 use locus_sdk::wire::{self, json::MessageJson, Fix, FixDetails, Message, Report};
 use std::sync::Arc;
@@ -227,7 +229,7 @@ fn report_validator() {
         let topic = topics[usize::from(*topic_selector) % topics.len()];
 
         let mut accepted = 0;
-        let mut reasons: Vec<&str> = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
         let decoded = validate::decode_report(payload, &config);
         match &decoded {
             Ok(report) => {
@@ -239,18 +241,20 @@ fn report_validator() {
                 let mut times = std::collections::HashSet::new();
                 for fix in &report.fixes {
                     match validate::check_fix(fix, now, &config) {
-                        Ok(()) if !times.insert(fix.ts_ms) => reasons.push("same_device_time"),
+                        Ok(()) if !times.insert(fix.ts_ms) => {
+                            reasons.push("same_device_time".into())
+                        }
                         Ok(()) => {
                             accepted += 1;
                             assert_eq!(fix.out_of_range(), None, "accepted {fix:?}");
                             assert!(fix.ts_ms <= now.saturating_add(config.max_future_ms));
                             assert!(fix.ts_ms >= now.saturating_sub(config.max_age_ms));
                         }
-                        Err(problem) => reasons.push(problem.code()),
+                        Err(problem) => reasons.push(problem.reason().to_string()),
                     }
                 }
             }
-            Err((problem, _)) => reasons.push(problem.code()),
+            Err((problem, _)) => reasons.push(problem.reason().to_string()),
         }
 
         // The intake, over an empty store: fresh seq, so every accepted fix is kept.
@@ -326,14 +330,8 @@ fn api_query_strings() {
     let mut record = RecordBuilder::new(0);
     record.fix("c1", Fix::from_degrees(VECTOR_TS + 1, 1.0, 2.0), vec![]);
     store.commit(Commit { record: record.finish(), ..Commit::default() }).unwrap();
-    let letter = DeadLetter {
-        reason: "r".into(),
-        detail: String::new(),
-        topic: "t".into(),
-        courier: None,
-        received_ms: 0,
-        payload: vec![],
-    };
+    let source = DeadLetterSource::Mqtt { topic: "t".into() };
+    let letter = DeadLetter::new(DeadLetterReason::Malformed, source, None, "", vec![], 0);
     store.record_dead_letters(vec![letter.clone(), letter]).unwrap();
     let max_page = locus_broker::config::HttpConfig::default().max_page;
 

@@ -137,6 +137,14 @@ fn a_data_dir_of_the_previous_release_is_migrated_and_its_outbox_shipped() {
     assert_eq!(server.get_ok("/v1/orders/o-7/location")["courier"], "c2");
     let letters = server.get_ok("/v1/dead-letters");
     assert_eq!(letters["dead_letters"][0]["reason"], "unknown_version", "{letters}");
+    // A letter in the old shape (reason and topic as strings) reads as it did, with its source.
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["topic"], "couriers/c3/locations", "{letter}");
+    let source = serde_json::json!({ "kind": "mqtt", "topic": "couriers/c3/locations" });
+    assert_eq!(letter["source"], source, "{letter}");
+    assert_eq!(letter["courier"], "c3", "{letter}");
+    let nonsense_hex: String = b"nonsense".iter().map(|b| format!("{b:02x}")).collect();
+    assert!(letter["payload_hex"].as_str().unwrap().starts_with(&nonsense_hex), "{letter}");
     // The outbox of the old release is shipped, exactly once.
     wait_for_count(&influxd, 13);
 

@@ -5,7 +5,8 @@ mod influx_common;
 
 use anyhow::Result;
 use influx_common::{base_ts, config, fix, wait_until, Env};
-use locus_broker::influx::{InfluxState, REJECTED_REASON};
+use locus_broker::influx::InfluxState;
+use locus_broker::store::{DeadLetterReason, DeadLetterSource};
 use locus_tests::influxd::Influxd;
 
 const COUNT: &str = "SELECT count(lat) FROM courier_location";
@@ -127,8 +128,9 @@ fn invalid_points_become_dead_letters_and_the_rest_arrives() -> Result<()> {
     let letters = env.dead_letters();
     assert_eq!(letters.len(), 3, "{letters:?}");
     let conflict_letter = letters.iter().find(|l| l.payload == conflict.as_bytes()).unwrap();
-    assert_eq!(conflict_letter.reason, REJECTED_REASON);
-    assert_eq!(conflict_letter.topic, "influx");
+    assert_eq!(conflict_letter.reason, DeadLetterReason::InfluxRejected);
+    assert_eq!(conflict_letter.source, DeadLetterSource::Influx);
+    assert_eq!(conflict_letter.source.topic(), "influx");
     assert_eq!(conflict_letter.courier.as_deref(), Some("bad"));
     assert!(conflict_letter.detail.contains("conflict"), "{}", conflict_letter.detail);
     let garbage_letter = letters.iter().find(|l| l.payload == garbage.as_bytes()).unwrap();

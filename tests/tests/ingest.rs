@@ -213,6 +213,8 @@ fn bad_input_is_dead_lettered_with_its_reason_and_harms_nobody_else() {
     assert!(letters
         .iter()
         .all(|l| l["topic"] == "couriers/bad/locations" && l["courier"] == "bad"));
+    let source = serde_json::json!({ "kind": "mqtt", "topic": "couriers/bad/locations" });
+    assert!(letters.iter().all(|l| l["source"] == source), "{letters:?}");
     assert!(letters.iter().any(|l| l["payload_hex"].as_str().unwrap().starts_with("deadbeef")));
     assert_eq!(letters.iter().filter(|l| l["reason"] == "coordinates_out_of_range").count(), 2);
     assert!(server.metric("locus_dead_letters_total{reason=\"malformed\"}") >= 2.0);

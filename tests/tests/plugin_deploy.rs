@@ -2,6 +2,7 @@
 //! committed exactly once, untagged before the swap and tagged after; bad deploys change
 //! nothing; rollback; plugins survive a restart. Components are built from `plugins/` source.
 
+use locus_sdk::wire;
 use locus_tests::plugin_components::component;
 use locus_tests::{now_ms, report, wait_for, LocusServer, TestCourier};
 use serde_json::{json, Value};
@@ -120,6 +121,15 @@ fn a_hostile_plugin_costs_its_batch_not_the_server_and_the_sandbox_grants_nothin
         Some(found)
     });
     assert!(letters["detail"].as_str().unwrap().contains("hostile"), "{letters}");
+    // The letter holds the report as published, and names the plugin and where the fix came from.
+    let published = wire::encode_report(&report(1, now, 41.0, 2.0));
+    let published_hex: String = published.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(letters["payload_hex"], published_hex.as_str(), "{letters}");
+    assert_eq!(letters["topic"], "couriers/loop/locations", "{letters}");
+    assert_eq!(letters["source"]["kind"], "plugin", "{letters}");
+    assert_eq!(letters["source"]["name"], "hostile", "{letters}");
+    let input = json!({ "kind": "mqtt", "topic": "couriers/loop/locations" });
+    assert_eq!(letters["source"]["input"], input, "{letters}");
     // A memory bomb is contained too.
     let mut bomb = TestCourier::connect(server.mqtt, "bomb", None).unwrap();
     bomb.publish(&report(1, now, 41.0, 2.0));

@@ -1,9 +1,11 @@
 //! End-to-end backfill: `locusd replay FILE` against the data dir of a real, stopped locusd,
 //! then the server restarted and read back over HTTP.
 
+use locus_tests::plugin_components::component;
 use locus_tests::{locusd, now_ms, report, LocusServer, TestCourier};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Live fixes older than an hour are refused; the track keeps 100 days, so backfill stays.
 const CONFIG: &str = "[pipeline]\nmax_age_ms = 3600000\n[track]\nmax_age_s = 8640000\n";
@@ -101,6 +103,15 @@ fn jsonl_backfill_fills_the_track_without_moving_last_locations_back() {
     assert_eq!(replayed.len(), 4, "{letters:?}");
     let line = |n: u32| replayed.iter().find(|(_, d)| d.starts_with(&format!("line {n}: ")));
     assert_eq!(line(7).map(|(r, _)| *r), Some("malformed"), "{replayed:?}");
+    let seventh = letters.iter().find(|l| l["source"]["line"] == 7).expect("line 7's letter");
+    let file_name = file.display().to_string();
+    assert_eq!(
+        seventh["source"],
+        serde_json::json!({ "kind": "replay", "file": file_name, "line": 7 }),
+        "{seventh}"
+    );
+    let line_hex: String = b"this is not json\n".iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(seventh["payload_hex"], line_hex.as_str(), "the line as read");
     assert_eq!(line(10).map(|(r, _)| *r), Some("malformed"), "{replayed:?}");
     let reasons: Vec<&str> = replayed.iter().map(|(r, _)| *r).collect();
     assert!(reasons.contains(&"coordinates_out_of_range"), "{reasons:?}");
@@ -117,6 +128,53 @@ fn jsonl_backfill_fills_the_track_without_moving_last_locations_back() {
     assert_eq!(summary(&replay(&server, &copy, &[])), "accepted=0 rejected=0 duplicates=6");
     server.restart();
     assert_eq!(server.track_ts("c1"), expected);
+}
+
+/// A plugin deployed on the server runs in the replay too; a fix it rejects is dead-lettered
+/// with the line it was read from (not the fix re-encoded), naming the plugin, file and line.
+#[test]
+fn a_fix_a_plugin_rejects_in_a_replay_is_dead_lettered_with_its_line() {
+    let mut server = LocusServer::start_with(true, Some(CONFIG));
+    let deployed = reqwest::blocking::Client::new()
+        .put(server.url("/v1/plugins/jitter"))
+        .bearer_auth(server.admin_token())
+        .header("locus-plugin-settings", r#"{"config":{"reject":"true"}}"#)
+        .body(component("jitter-filter"))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .unwrap();
+    assert_eq!(deployed.status().as_u16(), 200, "{:?}", deployed.text());
+    assert!(server.stop());
+
+    let file = server.data_dir().with_file_name("plugged.jsonl");
+    let old = now_ms() - DAY_MS;
+    let lines = [
+        format!(r#"{{"courier":"c1","ts":{old},"lat":41.0,"lon":2.0}}"#),
+        format!(r#"{{"courier":"c1","ts":{},"lat":41.0,"lon":2.0,"accuracy":500}}"#, old + 1000),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    assert_eq!(summary(&replay(&server, &file, &[])), "accepted=1 rejected=1 duplicates=0");
+    server.restart();
+
+    let letters = server.get_ok("/v1/dead-letters?limit=100");
+    let letter = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["reason"] == "plugin_rejected")
+        .unwrap_or_else(|| panic!("no plugin_rejected letter: {letters}"))
+        .clone();
+    let line_hex: String = format!("{}\n", lines[1]).bytes().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(letter["payload_hex"], line_hex.as_str(), "the line as read: {letter}");
+    assert_eq!(letter["courier"], "c1");
+    assert_eq!(letter["topic"], format!("replay:{}", file.display()));
+    assert_eq!(letter["plugin_reason"], "accuracy 500 m is worse than 50 m", "{letter}");
+    assert_eq!(letter["source"]["kind"], "plugin", "{letter}");
+    assert_eq!(letter["source"]["name"], "jitter", "{letter}");
+    let input =
+        serde_json::json!({ "kind": "replay", "file": file.display().to_string(), "line": 2 });
+    assert_eq!(letter["source"]["input"], input, "{letter}");
+    assert_eq!(server.track_ts("c1"), [old]);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! JSON shapes of the API's answers.
 
-use crate::store::{DeadLetter, StoredFix};
+use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource, StoredFix};
 use locus_sdk::wire::json::FixJson;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -64,15 +64,41 @@ impl TrackView {
     }
 }
 
-/// The JSON of a dead letter; the payload as hex so any bytes survive.
+/// The JSON of a dead letter; the payload as hex so any bytes survive. `reason` is the stable
+/// code and `topic` the source as one string (as they always were); `source` is the source
+/// with its parts ([`source`]); a plugin's rejection adds the plugin's own `plugin_reason`.
 pub fn dead_letter(id: u64, letter: &DeadLetter) -> serde_json::Value {
-    serde_json::json!({
+    let mut value = serde_json::json!({
         "id": id,
-        "reason": letter.reason,
+        "reason": letter.reason.as_str(),
         "detail": letter.detail,
-        "topic": letter.topic,
+        "topic": letter.source.topic(),
+        "source": source(&letter.source),
         "courier": letter.courier,
         "received_ms": letter.received_ms,
         "payload_hex": hex::encode(&letter.payload),
-    })
+    });
+    if let DeadLetterReason::PluginRejected(text) = &letter.reason {
+        value["plugin_reason"] = text.as_str().into();
+    }
+    value
+}
+
+/// A dead letter's source: `{"kind":"mqtt","topic"}`, `{"kind":"replay","file","line"}`,
+/// `{"kind":"plugin","name","version","input"}` (`input`: where the fix came from, one of the
+/// first two) or `{"kind":"influxdb"}`.
+pub fn source(source: &DeadLetterSource) -> serde_json::Value {
+    match source {
+        DeadLetterSource::Mqtt { topic } => serde_json::json!({ "kind": "mqtt", "topic": topic }),
+        DeadLetterSource::Replay { file, line } => {
+            serde_json::json!({ "kind": "replay", "file": file, "line": line })
+        }
+        DeadLetterSource::Plugin { name, version, input } => serde_json::json!({
+            "kind": "plugin",
+            "name": name,
+            "version": version,
+            "input": self::source(input),
+        }),
+        DeadLetterSource::Influx => serde_json::json!({ "kind": "influxdb" }),
+    }
 }

@@ -12,13 +12,18 @@
 //! `replay_progress` tree, keyed by the file's identity (canonical path, size, modification
 //! time), so a rerun continues where the last committed batch ended and never doubles a fix.
 //! A fix whose (courier, device time) is already in the track counts as a duplicate and is
-//! skipped. Bad lines are dead letters with topic `replay:FILE`, never a panic.
+//! skipped. Bad lines are dead letters from [`DeadLetterSource::Replay`] (the file and line;
+//! topic `replay:FILE` in the API) holding the line as read, never a panic; so are the fixes
+//! plugins refuse.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::{now_ms, BackfillSource, Intake, PendingFix};
-use crate::store::{DeadLetter, Store, StoreError, StoreOptions};
+use crate::pipeline::{now_ms, FixInput, Intake, PendingFix};
+use crate::store::{
+    DeadLetter, DeadLetterReason, DeadLetterSource, Store, StoreError, StoreOptions,
+};
 use anyhow::Context as _;
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use locus_sdk::wire::json::FixJson;
 use serde::Deserialize;
@@ -166,7 +171,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let identity = file_identity(&args.file, &file)?;
     let file_len = file.metadata()?.len();
-    let topic = format!("replay:{}", args.file.display());
+    let file_name = args.file.display().to_string();
 
     let options = StoreOptions::new(&config.store, config.influx.is_some());
     let store = open_store(&config.data_dir, options)?;
@@ -244,14 +249,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             if text.trim().is_empty() {
                 continue;
             }
-            let where_from = format!("line {}", progress.line);
-            let letter = |reason: &str, detail: String, courier: Option<String>| DeadLetter {
-                reason: reason.to_owned(),
-                detail: format!("{where_from}: {detail}"),
-                topic: topic.clone(),
-                courier,
-                received_ms,
-                payload: line.clone(),
+            let source = DeadLetterSource::Replay { file: file_name.clone(), line: progress.line };
+            let letter = |reason: DeadLetterReason, detail: String, courier: Option<String>| {
+                let detail = format!("line {}: {detail}", progress.line);
+                DeadLetter::new(reason, source.clone(), courier, detail, &line[..], received_ms)
             };
             let parsed = match &headers {
                 None => JsonLine::parse(text.trim()),
@@ -260,13 +261,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             let row = match parsed {
                 Ok(row) => row,
                 Err(e) => {
-                    malformed.push(letter("malformed", e, None));
+                    malformed.push(letter(DeadLetterReason::Malformed, e, None));
                     continue;
                 }
             };
             if !locus_sdk::topics::is_valid_id(&row.courier) {
                 let detail = "courier id is not 1-64 characters of letters, digits, - _ . :";
-                malformed.push(letter("bad_courier", detail.to_owned(), Some(row.courier)));
+                let reason = DeadLetterReason::BadCourier;
+                malformed.push(letter(reason, detail.to_owned(), Some(row.courier)));
                 continue;
             }
             let fix = match row.fix.to_wire(0) {
@@ -274,7 +276,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 Err(e) => {
                     // Out of range: the reason the server gives the same fix.
                     let detail = e.to_string().replacen("fixes[0].", "", 1);
-                    malformed.push(letter(e.code, detail, Some(row.courier)));
+                    let reason = DeadLetterReason::from_code(e.code);
+                    malformed.push(letter(reason, detail, Some(row.courier)));
                     continue;
                 }
             };
@@ -285,13 +288,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 counts.duplicates += 1;
                 continue;
             }
-            let source = BackfillSource { where_from, input: line.clone() };
-            fixes.push((PendingFix { courier: row.courier, fix, attributes: vec![] }, source));
+            // The line is the fix's input: its dead letter's payload, should a plugin refuse it.
+            let input = FixInput::new(source, Bytes::copy_from_slice(&line), received_ms);
+            fixes.push(PendingFix::new(row.courier, fix, input));
         }
         if lines_in_batch == 0 {
             break;
         }
-        let mut built = intake.build_fixes(fixes, received_ms, &topic)?;
+        let mut built = intake.build_fixes(fixes, received_ms)?;
         counts.accepted += built.commit.record.fixes.len() as u64;
         counts.rejected += (built.commit.dead_letters.len() + malformed.len()) as u64;
         built.commit.dead_letters.extend(malformed);

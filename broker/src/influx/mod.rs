@@ -32,5 +32,5 @@ pub use config::{Credentials, InfluxApi, InfluxConfig, InfluxConfigError};
 pub use line_protocol::{point, SchemaConfig, MEASUREMENT, PRECISION};
 pub use metrics::{HealthHandle, InfluxHealth, InfluxMetrics, InfluxState};
 pub use outbox::Outbox;
-pub use shipper::{DeadLetterSink, Shipper, DEAD_LETTER_TOPIC, REJECTED_REASON};
+pub use shipper::{DeadLetterSink, Shipper};
 pub use writer::InfluxError;

@@ -26,7 +26,7 @@ use super::metrics::{HealthHandle, HealthState, InfluxMetrics};
 use super::outbox::{Entry, Outbox};
 use super::writer::{encode_body, InfluxError, Outcome, Writer};
 use crate::pipeline::now_ms;
-use crate::store::DeadLetter;
+use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource};
 use bytes::Bytes;
 use rand::Rng as _;
 use sled::IVec;
@@ -40,12 +40,6 @@ use tokio::task::JoinSet;
 pub type DeadLetterSink = Arc<
     dyn Fn(Vec<DeadLetter>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
 >;
-
-/// The `reason` of dead letters for lines InfluxDB refused.
-pub const REJECTED_REASON: &str = "influx_rejected";
-
-/// The `topic` of those dead letters.
-pub const DEAD_LETTER_TOPIC: &str = "influx";
 
 /// How often a failure that keeps happening is logged again.
 const LOG_REPEAT: Duration = Duration::from_secs(30);
@@ -302,14 +296,14 @@ impl Shipper {
     async fn dead_letter(&self, line: &[u8], detail: &str) {
         let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
         loop {
-            let letter = DeadLetter {
-                reason: REJECTED_REASON.to_owned(),
-                detail: detail.to_owned(),
-                topic: DEAD_LETTER_TOPIC.to_owned(),
-                courier: line_protocol::tag_of_line(line, "courier"),
-                received_ms: line_protocol::received_ms_of_line(line).unwrap_or_else(now_ms),
-                payload: line.to_vec(),
-            };
+            let letter = DeadLetter::new(
+                DeadLetterReason::InfluxRejected,
+                DeadLetterSource::Influx,
+                line_protocol::tag_of_line(line, "courier"),
+                detail,
+                line,
+                line_protocol::received_ms_of_line(line).unwrap_or_else(now_ms),
+            );
             match (self.dead_letters)(vec![letter]) {
                 Ok(()) => break,
                 Err(e) => {

@@ -23,7 +23,10 @@ pub use validate::{FixProblem, ReportProblem};
 use crate::influx::Outbox;
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
-use crate::store::{Commit, DeadLetter, RecordBuilder, SeqTake, SeqWindow, Store, StoreError};
+use crate::store::{
+    Commit, DeadLetter, DeadLetterReason, DeadLetterSource, RecordBuilder, SeqTake, SeqWindow,
+    Store, StoreError,
+};
 use bytes::Bytes;
 use locus_sdk::wire::{self, Fix};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
@@ -43,6 +46,39 @@ pub struct PendingFix {
     pub fix: Fix,
     /// Attributes added so far by plugins.
     pub attributes: Vec<(String, String)>,
+    /// What the fix was read from, for the dead letter a plugin may make of it; plugins never
+    /// see it. Each fix carries its input itself (rather than the chain keeping a vector of
+    /// inputs beside the batch) so that no step that keeps, changes, drops or rejects fixes can
+    /// get the two out of step; shared by the fixes of one report, it costs a reference count
+    /// per fix and no copy.
+    pub input: Arc<FixInput>,
+}
+
+impl PendingFix {
+    /// A fix read from `input`, without attributes.
+    pub fn new(courier: String, fix: Fix, input: Arc<FixInput>) -> PendingFix {
+        PendingFix { courier, fix, attributes: Vec::new(), input }
+    }
+}
+
+/// What pending fixes were read from: the bytes exactly as they came in (a report's MQTT
+/// payload, a replayed line), where from, and when. A plugin that rejects a fix, or fails its
+/// batch, dead-letters these bytes, never a re-encoded fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixInput {
+    /// Where the bytes came from ([`DeadLetterSource::Mqtt`] or [`DeadLetterSource::Replay`]).
+    pub source: DeadLetterSource,
+    /// The bytes as received (for a report, the publish's own buffer).
+    pub bytes: Bytes,
+    /// Server time they were received, Unix milliseconds.
+    pub received_ms: u64,
+}
+
+impl FixInput {
+    /// The input of fixes read from `bytes`, received at `received_ms` from `source`.
+    pub fn new(source: DeadLetterSource, bytes: Bytes, received_ms: u64) -> Arc<FixInput> {
+        Arc::new(FixInput { source, bytes, received_ms })
+    }
 }
 
 /// A stage between validation and commit (the plugin chain). Called from the intake thread once
@@ -97,15 +133,6 @@ pub struct Intake {
     metrics: Arc<Metrics>,
     transform: Option<Box<dyn FixTransform>>,
     influx: Option<Outbox>,
-}
-
-/// Where a backfilled fix ([`Intake::build_fixes`]) came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackfillSource {
-    /// A short place name, such as `line 12`.
-    pub where_from: String,
-    /// The input bytes the fix was read from (the line), kept as the payload of its dead letter.
-    pub input: Vec<u8>,
 }
 
 /// What one call of [`Intake::build`] produced.
@@ -188,14 +215,13 @@ impl Intake {
     /// Builds one commit from fixes that did not come from a report (the backfill of `locusd
     /// replay`): each is validated like a reported fix, then goes through the plugin chain and
     /// into the track, last locations and InfluxDB. No seq advances and no ack is owed. Each
-    /// fix comes with [`BackfillSource`]: where it came from (e.g. `line 12`, the prefix of its
-    /// dead letter's detail) and the input bytes it was read from (its dead letter's payload);
-    /// `topic` names the source in dead letters. The caller skips fixes the track already has.
+    /// fix's [`FixInput`] (a replayed line) is its dead letter's source and payload; a
+    /// replayed line's number begins the letter's detail (`line 12: …`). The caller skips
+    /// fixes the track already has.
     pub fn build_fixes(
         &mut self,
-        fixes: Vec<(PendingFix, BackfillSource)>,
+        fixes: Vec<PendingFix>,
         received_ms: u64,
-        topic: &str,
     ) -> Result<BuiltBatch, StoreError> {
         let mut building = Building {
             record: RecordBuilder::new(received_ms),
@@ -203,19 +229,24 @@ impl Intake {
             out: BuiltBatch::default(),
         };
         let mut pending = Vec::with_capacity(fixes.len());
-        for (fix, source) in fixes {
+        for fix in fixes {
             self.metrics.fixes_received.inc();
             match validate::check_fix(&fix.fix, received_ms, &self.config) {
                 Ok(()) => pending.push(fix),
                 Err(problem) => {
-                    let letter = DeadLetter {
-                        reason: problem.code().to_owned(),
-                        detail: format!("{}: {problem}", source.where_from),
-                        topic: topic.to_owned(),
-                        courier: Some(fix.courier),
-                        received_ms,
-                        payload: source.input,
+                    let input = &fix.input;
+                    let detail = match &input.source {
+                        DeadLetterSource::Replay { line, .. } => format!("line {line}: {problem}"),
+                        _ => problem.to_string(),
                     };
+                    let letter = DeadLetter::new(
+                        problem.reason(),
+                        input.source.clone(),
+                        Some(fix.courier),
+                        detail,
+                        input.bytes.to_vec(),
+                        input.received_ms,
+                    );
                     self.refuse(letter, &mut building.out);
                 }
             }
@@ -238,7 +269,7 @@ impl Intake {
             _ => pending,
         };
         building.out.fixes += kept.len() as u64;
-        for PendingFix { courier, fix, attributes } in kept {
+        for PendingFix { courier, fix, attributes, .. } in kept {
             building.record.fix(&courier, fix, attributes);
         }
     }
@@ -302,22 +333,19 @@ impl Intake {
     fn take_report(
         &mut self,
         topic: &[u8],
-        payload: &[u8],
+        payload: &Bytes,
         received_ms: u64,
         pending: &mut Vec<PendingFix>,
         building: &mut Building,
     ) -> Result<(), StoreError> {
         self.metrics.reports_received.inc();
         let topic_text = String::from_utf8_lossy(topic);
-        let dead_letter =
-            |problem: &ReportProblem, courier: Option<&str>, bytes: &[u8]| DeadLetter {
-                reason: problem.code().to_owned(),
-                detail: problem.to_string(),
-                topic: topic_text.to_string(),
-                courier: courier.map(str::to_owned),
-                received_ms,
-                payload: bytes.to_vec(),
-            };
+        let source = || DeadLetterSource::Mqtt { topic: topic_text.to_string() };
+        let dead_letter = |problem: &ReportProblem, courier: Option<&str>, bytes: &[u8]| {
+            let courier = courier.map(str::to_owned);
+            let detail = problem.to_string();
+            DeadLetter::new(problem.reason(), source(), courier, detail, bytes, received_ms)
+        };
         let Some(courier) = courier_of(&topic_text).map(str::to_owned) else {
             let letter = dead_letter(&ReportProblem::BadTopic, None, payload);
             self.refuse(letter, &mut building.out);
@@ -349,6 +377,7 @@ impl Intake {
         // the payload as received (never a rebuilt report) and naming the refused fixes, so a
         // report of many bad fixes costs a few letters, not one copy of itself per fix.
         let total = report.fixes.len();
+        let input = FixInput::new(source(), payload.clone(), received_ms);
         let mut refused: Vec<(usize, FixProblem)> = Vec::new();
         for (index, fix) in report.fixes.into_iter().enumerate() {
             let checked = validate::check_fix(&fix, received_ms, &self.config);
@@ -359,24 +388,22 @@ impl Intake {
                 other => other,
             };
             match checked {
-                Ok(()) => {
-                    pending.push(PendingFix { courier: courier.clone(), fix, attributes: vec![] })
-                }
+                Ok(()) => pending.push(PendingFix::new(courier.clone(), fix, input.clone())),
                 Err(problem) => refused.push((index, problem)),
             }
         }
-        let mut reasons: Vec<&'static str> = refused.iter().map(|(_, p)| p.code()).collect();
-        let mut seen = HashSet::new();
-        reasons.retain(|r| seen.insert(*r));
+        let mut reasons: Vec<DeadLetterReason> = Vec::new();
+        for (_, problem) in &refused {
+            let reason = problem.reason();
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
         for reason in reasons {
-            let letter = DeadLetter {
-                reason: reason.to_owned(),
-                detail: refused_fixes_detail(&refused, reason, total),
-                topic: topic_text.to_string(),
-                courier: Some(courier.clone()),
-                received_ms,
-                payload: payload.to_vec(),
-            };
+            let detail = refused_fixes_detail(&refused, &reason, total);
+            let courier = Some(courier.clone());
+            let letter =
+                DeadLetter::new(reason, source(), courier, detail, &payload[..], received_ms);
             self.refuse(letter, &mut building.out);
         }
         Ok(())
@@ -384,7 +411,7 @@ impl Intake {
 
     fn refuse(&self, letter: DeadLetter, out: &mut BuiltBatch) {
         self.metrics.dead_letter(&letter.reason);
-        tracing::debug!(reason = %letter.reason, detail = %letter.detail, topic = %letter.topic, "dead letter");
+        tracing::debug!(reason = %letter.reason, detail = %letter.detail, source = %letter.source, "dead letter");
         out.commit.dead_letters.push(letter);
     }
 }
@@ -397,11 +424,15 @@ fn finish(building: Building) -> BuiltBatch {
 
 /// The detail of a dead letter for the fixes of one report refused for `reason`: how many of the
 /// report's fixes, and which ones (by index, the first few with their problem).
-fn refused_fixes_detail(refused: &[(usize, FixProblem)], reason: &str, total: usize) -> String {
+fn refused_fixes_detail(
+    refused: &[(usize, FixProblem)],
+    reason: &DeadLetterReason,
+    total: usize,
+) -> String {
     /// Problems spelled out; the rest are counted.
     const LISTED: usize = 5;
     let these: Vec<&(usize, FixProblem)> =
-        refused.iter().filter(|(_, p)| p.code() == reason).collect();
+        refused.iter().filter(|(_, p)| p.reason() == *reason).collect();
     let mut detail =
         format!("{} of the report's {total} fixes refused (its valid fixes are kept)", these.len());
     for (index, problem) in these.iter().take(LISTED) {
@@ -646,6 +677,8 @@ mod tests {
         let payload = wire::encode_report(&wire::Report { seq: 1, fixes });
         let topic = Bytes::from("couriers/c1/locations");
         let built = intake.build(&[(topic, Bytes::from(payload.clone()))], now).unwrap();
+        let mqtt = DeadLetterSource::Mqtt { topic: "couriers/c1/locations".into() };
+        assert!(built.commit.dead_letters.iter().all(|l| l.source == mqtt && l.received_ms == now));
 
         assert_eq!(built.commit.record.fixes.len(), 2, "fixes 0 and 5 are kept");
         assert_eq!(built.acks.get("c1"), Some(&1));
@@ -673,23 +706,21 @@ mod tests {
         let mut intake = Intake::new(config, store.clone(), Arc::new(Metrics::new()));
         let now = now_ms();
         let pending = |ts: u64, lat: f64| {
-            let fix = PendingFix {
-                courier: "c1".into(),
-                fix: Fix::from_degrees(ts, lat, 2.0),
-                attributes: vec![],
-            };
-            let input = format!("input {ts}").into_bytes();
-            (fix, BackfillSource { where_from: format!("line {ts}"), input })
+            let source = DeadLetterSource::Replay { file: "f.jsonl".into(), line: ts };
+            let input = FixInput::new(source, Bytes::from(format!("input {ts}")), now);
+            PendingFix::new("c1".into(), Fix::from_degrees(ts, lat, 2.0), input)
         };
-        let live = intake.build_fixes(vec![pending(now, 41.0)], now, "t").unwrap();
+        let live = intake.build_fixes(vec![pending(now, 41.0)], now).unwrap();
         intake.commit(live.commit).unwrap();
         let old = now - 365 * 24 * 3600 * 1000;
         let built =
-            intake.build_fixes(vec![pending(old, 40.0), pending(old + 1, 95.0)], now, "t").unwrap();
+            intake.build_fixes(vec![pending(old, 40.0), pending(old + 1, 95.0)], now).unwrap();
         assert_eq!(built.commit.record.fixes.len(), 1, "a year-old fix passes without max_age_ms");
         assert!(built.commit.record.reports.is_empty() && built.acks.is_empty());
         let letter = &built.commit.dead_letters[0];
-        assert_eq!(letter.reason, "coordinates_out_of_range");
+        assert_eq!(letter.reason, DeadLetterReason::CoordinatesOutOfRange);
+        let source = DeadLetterSource::Replay { file: "f.jsonl".into(), line: old + 1 };
+        assert_eq!((&letter.source, letter.source.topic()), (&source, "replay:f.jsonl".into()));
         assert!(letter.detail.starts_with(&format!("line {}: ", old + 1)), "{}", letter.detail);
         assert_eq!(letter.payload, format!("input {}", old + 1).into_bytes(), "the input as read");
         intake.commit(built.commit).unwrap();
@@ -750,7 +781,7 @@ mod tests {
         store.checkpoint().unwrap();
         let built = intake.build(&[publish("c1", 3, &[now - 5, now - 6])], now).unwrap();
         assert_eq!(built.commit.record.fixes.len(), 1, "now - 6 is new, now - 5 is not");
-        assert_eq!(built.commit.dead_letters[0].reason, "same_device_time");
+        assert_eq!(built.commit.dead_letters[0].reason, DeadLetterReason::SameDeviceTime);
         // Another courier's fix at the same millisecond is its own.
         let built = intake.build(&[publish("c2", 1, &[now - 5])], now).unwrap();
         assert_eq!(built.commit.record.fixes.len(), 1);

@@ -1,4 +1,4 @@
-//! Validation of reports and fixes, each problem with a stable reason code.
+//! Validation of reports and fixes, each problem with its dead-letter reason (a stable code).
 //!
 //! Enters: a raw MQTT payload ([`decode_report`]) or one decoded fix ([`check_fix`]) with the
 //! pipeline's config. Leaves: the report, or the problem. A fix that passes [`check_fix`] has
@@ -6,6 +6,7 @@
 //! device time inside the configured window.
 
 use super::PipelineConfig;
+use crate::store::DeadLetterReason;
 use locus_sdk::wire::{self, Fix, Report, WireError};
 
 /// Why a whole report was refused.
@@ -42,15 +43,15 @@ pub enum ReportProblem {
 }
 
 impl ReportProblem {
-    /// Stable reason code.
-    pub fn code(&self) -> &'static str {
+    /// The dead-letter reason (its code is stable).
+    pub fn reason(&self) -> DeadLetterReason {
         match self {
-            ReportProblem::BadTopic => "bad_topic",
-            ReportProblem::Oversized { .. } => "oversized",
-            ReportProblem::Wire(e) => e.code(),
-            ReportProblem::ZeroSeq => "zero_seq",
-            ReportProblem::NoFixes => "no_fixes",
-            ReportProblem::TooManyFixes { .. } => "too_many_fixes",
+            ReportProblem::BadTopic => DeadLetterReason::BadTopic,
+            ReportProblem::Oversized { .. } => DeadLetterReason::Oversized,
+            ReportProblem::Wire(e) => DeadLetterReason::from(e),
+            ReportProblem::ZeroSeq => DeadLetterReason::ZeroSeq,
+            ReportProblem::NoFixes => DeadLetterReason::NoFixes,
+            ReportProblem::TooManyFixes { .. } => DeadLetterReason::TooManyFixes,
         }
     }
 }
@@ -102,15 +103,15 @@ pub enum FixProblem {
 }
 
 impl FixProblem {
-    /// Stable reason code.
-    pub fn code(&self) -> &'static str {
+    /// The dead-letter reason (its code is stable).
+    pub fn reason(&self) -> DeadLetterReason {
         match self {
-            FixProblem::CoordinatesOutOfRange { .. } => "coordinates_out_of_range",
-            FixProblem::InFuture { .. } => "timestamp_in_future",
-            FixProblem::TooOld { .. } => "timestamp_too_old",
-            FixProblem::BadOrderId => "bad_order_id",
-            FixProblem::DetailOutOfRange(_) => "detail_out_of_range",
-            FixProblem::SameDeviceTime { .. } => "same_device_time",
+            FixProblem::CoordinatesOutOfRange { .. } => DeadLetterReason::CoordinatesOutOfRange,
+            FixProblem::InFuture { .. } => DeadLetterReason::TimestampInFuture,
+            FixProblem::TooOld { .. } => DeadLetterReason::TimestampTooOld,
+            FixProblem::BadOrderId => DeadLetterReason::BadOrderId,
+            FixProblem::DetailOutOfRange(_) => DeadLetterReason::DetailOutOfRange,
+            FixProblem::SameDeviceTime { .. } => DeadLetterReason::SameDeviceTime,
         }
     }
 }
@@ -197,13 +198,19 @@ mod tests {
         check_fix(&ok, NOW, &config).unwrap();
         let off_globe = Fix::from_degrees(NOW, 91.0, 2.0);
         assert_eq!(
-            check_fix(&off_globe, NOW, &config).unwrap_err().code(),
+            check_fix(&off_globe, NOW, &config).unwrap_err().reason().as_str(),
             "coordinates_out_of_range"
         );
         let future = Fix::from_degrees(NOW + config.max_future_ms + 1, 41.0, 2.0);
-        assert_eq!(check_fix(&future, NOW, &config).unwrap_err().code(), "timestamp_in_future");
+        assert_eq!(
+            check_fix(&future, NOW, &config).unwrap_err().reason().as_str(),
+            "timestamp_in_future"
+        );
         let old = Fix::from_degrees(NOW - config.max_age_ms - 1, 41.0, 2.0);
-        assert_eq!(check_fix(&old, NOW, &config).unwrap_err().code(), "timestamp_too_old");
+        assert_eq!(
+            check_fix(&old, NOW, &config).unwrap_err().reason().as_str(),
+            "timestamp_too_old"
+        );
     }
 
     #[test]
@@ -211,15 +218,15 @@ mod tests {
         let config = PipelineConfig { max_fixes_per_report: 1, ..PipelineConfig::default() };
         let two = Report { seq: 5, fixes: vec![Fix::from_degrees(NOW, 0.0, 0.0); 2] };
         let (problem, seq) = decode_report(&wire::encode_report(&two), &config).unwrap_err();
-        assert_eq!((problem.code(), seq), ("too_many_fixes", Some(5)));
+        assert_eq!((problem.reason().as_str(), seq), ("too_many_fixes", Some(5)));
         let (problem, seq) = decode_report(b"\x01\xff", &config).unwrap_err();
-        assert_eq!((problem.code(), seq), ("malformed", None));
+        assert_eq!((problem.reason().as_str(), seq), ("malformed", None));
         let big = vec![1u8; config.max_report_bytes + 1];
-        assert_eq!(decode_report(&big, &config).unwrap_err().0.code(), "oversized");
+        assert_eq!(decode_report(&big, &config).unwrap_err().0.reason().as_str(), "oversized");
         // An oversized report that decodes gives up its seq, so it is consumed and acked.
         let small = PipelineConfig { max_report_bytes: 20, ..PipelineConfig::default() };
         let long = Report { seq: 9, fixes: vec![Fix::from_degrees(NOW, 0.0, 0.0); 3] };
         let (problem, seq) = decode_report(&wire::encode_report(&long), &small).unwrap_err();
-        assert_eq!((problem.code(), seq), ("oversized", Some(9)));
+        assert_eq!((problem.reason().as_str(), seq), ("oversized", Some(9)));
     }
 }

@@ -4,6 +4,10 @@
 //! [`ChainOutput`] — the fixes to commit, dead letters (fixes a plugin rejected, and the batch of
 //! a plugin that failed under policy `dead-letter`), and the number of fixes dropped.
 //!
+//! Dead letters hold what the fixes were read from ([`PendingFix::input`]: the report's MQTT
+//! payload, the replayed line), one letter per input and reason however many of its fixes
+//! it covers.
+//!
 //! Swaps: the registry publishes chain versions ([`ChainVersion`], numbered by `generation`);
 //! `process` looks at the published version once, at the start of a batch, so a batch runs
 //! entirely on one version and a deploy takes effect from the next batch on. Nothing is lost or
@@ -14,6 +18,7 @@
 //! unchanged by a new chain version keep their instance. A call that traps or exceeds its limits
 //! leaves the instance unusable; it is dropped, and the next batch starts a fresh one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,9 +27,9 @@ use arc_swap::ArcSwap;
 use super::host::{CompiledPlugin, PluginHost};
 use super::instance::{from_guest, to_guest, Outcome, PluginInstance};
 use super::stats::PluginStats;
-use super::{FailurePolicy, PluginSettings, REASON_PLUGIN_FAILED, REASON_PLUGIN_REJECTED};
-use crate::pipeline::{FixTransform, PendingFix, TransformOutput};
-use crate::store::DeadLetter;
+use super::{FailurePolicy, PluginSettings};
+use crate::pipeline::{FixInput, FixTransform, PendingFix, TransformOutput};
+use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource};
 
 /// What the chain made of a batch.
 #[derive(Debug, Default)]
@@ -227,12 +232,22 @@ fn run_slot(
 
     plugin.stats.succeeded(kept.len(), dropped_here, rejected.len());
     *dropped += dropped_here;
-    let now = super::now_ms();
-    for (index, mut reason) in rejected {
-        super::truncate_on_char_boundary(&mut reason, 1024);
-        let detail =
-            format!("plugin {} version {} rejected the fix: {reason}", plugin.name, plugin.version);
-        dead_letters.push(dead_letter(REASON_PLUGIN_REJECTED, detail, &batch[index], now));
+    for (_, reason) in &mut rejected {
+        super::truncate_on_char_boundary(reason, 1024);
+    }
+    let refused = rejected.iter().map(|(index, reason)| (&batch[*index], reason.as_str()));
+    for (reason, fixes) in by_input_and_reason(refused) {
+        let (name, version) = (&plugin.name, &plugin.version);
+        let detail = match &fixes[..] {
+            [_] => format!("plugin {name} version {version} rejected the fix: {reason}"),
+            _ => format!(
+                "plugin {name} version {version} rejected {} fixes ({}): {reason}",
+                fixes.len(),
+                device_times(&fixes)
+            ),
+        };
+        let reason = DeadLetterReason::PluginRejected(reason.to_owned());
+        dead_letters.push(dead_letter(&plugin, reason, detail, &fixes));
     }
     kept
 }
@@ -256,23 +271,68 @@ fn fail(
         FailurePolicy::Skip => batch,
         FailurePolicy::DeadLetter => {
             let detail = format!("plugin {} version {}: {reason}", plugin.name, plugin.version);
-            let now = super::now_ms();
-            dead_letters.extend(
-                batch.iter().map(|fix| dead_letter(REASON_PLUGIN_FAILED, detail.clone(), fix, now)),
-            );
+            let failed = batch.iter().map(|fix| (fix, ""));
+            for (_, fixes) in by_input_and_reason(failed) {
+                let detail = match &fixes[..] {
+                    [_] => detail.clone(),
+                    _ => format!("{detail} ({} fixes: {})", fixes.len(), device_times(&fixes)),
+                };
+                dead_letters.push(dead_letter(
+                    plugin,
+                    DeadLetterReason::PluginFailed,
+                    detail,
+                    &fixes,
+                ));
+            }
             Vec::new()
         }
     }
 }
 
-fn dead_letter(reason: &str, detail: String, fix: &PendingFix, now_ms: u64) -> DeadLetter {
-    DeadLetter {
-        reason: reason.to_string(),
-        detail,
-        topic: locus_sdk::topics::locations(&fix.courier),
-        courier: Some(fix.courier.clone()),
-        received_ms: now_ms,
-        // The one fix, re-encoded (postcard of the wire `Fix`); cannot fail into a Vec.
-        payload: postcard::to_allocvec(&fix.fix).unwrap_or_default(),
+/// Refused fixes gathered per input (by identity: the fixes of one report share theirs) and
+/// reason, in the order of their first fix: each group is one dead letter, so a report of many
+/// fixes a plugin refuses is stored once, not once per fix.
+fn by_input_and_reason<'a>(
+    refused: impl IntoIterator<Item = (&'a PendingFix, &'a str)>,
+) -> Vec<(&'a str, Vec<&'a PendingFix>)> {
+    let mut groups: Vec<(&str, Vec<&PendingFix>)> = Vec::new();
+    let mut index: HashMap<(*const FixInput, &str), usize> = HashMap::new();
+    for (fix, reason) in refused {
+        let group = *index.entry((Arc::as_ptr(&fix.input), reason)).or_insert_with(|| {
+            groups.push((reason, Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].1.push(fix);
     }
+    groups
+}
+
+/// The device times of refused fixes, for a letter's detail: the first few, then a count.
+fn device_times(fixes: &[&PendingFix]) -> String {
+    const LISTED: usize = 5;
+    let mut times: Vec<String> =
+        fixes.iter().take(LISTED).map(|f| f.fix.ts_ms.to_string()).collect();
+    if fixes.len() > LISTED {
+        times.push(format!("and {} more", fixes.len() - LISTED));
+    }
+    format!("device times {}", times.join(", "))
+}
+
+/// The dead letter of refused fixes of one input (not empty): its bytes as they came in, from
+/// the plugin on the input's source.
+fn dead_letter(
+    plugin: &LoadedPlugin,
+    reason: DeadLetterReason,
+    detail: String,
+    fixes: &[&PendingFix],
+) -> DeadLetter {
+    let first = fixes[0];
+    let input = &first.input;
+    let source = DeadLetterSource::Plugin {
+        name: plugin.name.to_string(),
+        version: plugin.version.clone(),
+        input: Box::new(input.source.clone()),
+    };
+    let courier = Some(first.courier.clone());
+    DeadLetter::new(reason, source, courier, detail, input.bytes.to_vec(), input.received_ms)
 }

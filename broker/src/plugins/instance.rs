@@ -415,5 +415,6 @@ pub(crate) fn from_guest(original: &PendingFix, fix: Fix) -> Result<PendingFix, 
         courier: fix.courier,
         fix: WireFix { ts_ms: fix.ts_ms, lat_e7, lon_e7, details },
         attributes: fix.attributes,
+        input: original.input.clone(),
     })
 }

@@ -56,11 +56,6 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 /// The interface a plugin must export (without version).
 pub const TRANSFORM_INTERFACE: &str = "locus:plugin/transform";
 
-/// Dead-letter reason for the fixes of a batch whose plugin failed (policy `dead-letter`).
-pub const REASON_PLUGIN_FAILED: &str = "plugin_failed";
-/// Dead-letter reason for a fix a plugin rejected.
-pub const REASON_PLUGIN_REJECTED: &str = "plugin_rejected";
-
 /// How a plugin is run: where in the chain, with what configuration, what happens when it fails,
 /// and its limits. The body of `PUT /v1/plugins/{name}` (with the component) and of `NAME.toml`
 /// in the plugins directory.

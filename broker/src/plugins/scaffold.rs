@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::host::PluginHost;
 use super::instance::{from_guest, to_guest, Fix, Outcome, PluginInstance};
 use super::{PluginError, PluginHostConfig, PluginSettings};
-use crate::pipeline::PendingFix;
+use crate::pipeline::{FixInput, PendingFix};
+use crate::store::DeadLetterSource;
 
 /// The guest kit's source, embedded so scaffolds need no checkout of this repository.
 const KIT_LIB: &str = include_str!("../../../plugins/locus-plugin/src/lib.rs");
@@ -325,11 +326,13 @@ pub fn test_fixes_to_pending(fixes: Vec<TestFix>) -> Result<Vec<PendingFix>, Plu
         .into_iter()
         .enumerate()
         .map(|(i, fix)| {
-            let original = PendingFix {
-                courier: fix.courier.clone(),
-                fix: locus_sdk::wire::Fix { ts_ms: 0, lat_e7: 0, lon_e7: 0, details: None },
-                attributes: Vec::new(),
-            };
+            // As if published by the courier (nothing is dead-lettered here: a test reports
+            // rejections as outcomes).
+            let topic = locus_sdk::topics::locations(&fix.courier);
+            let source = DeadLetterSource::Mqtt { topic };
+            let input = FixInput::new(source, bytes::Bytes::new(), 0);
+            let blank = locus_sdk::wire::Fix { ts_ms: 0, lat_e7: 0, lon_e7: 0, details: None };
+            let original = PendingFix::new(fix.courier.clone(), blank, input);
             from_guest(&original, test_fix_to_guest(fix)).map_err(|problem| {
                 PluginError::Run(format!("input fix {i}: {}", problem.replacen("returned ", "", 1)))
             })

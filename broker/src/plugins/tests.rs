@@ -7,7 +7,8 @@ use std::sync::Arc;
 use locus_sdk::wire::{Fix, FixDetails};
 
 use super::*;
-use crate::pipeline::PendingFix;
+use crate::pipeline::{FixInput, PendingFix};
+use crate::store::{DeadLetterReason, DeadLetterSource};
 
 // The one component helper of the tests and benchmarks, shared with locus-tests; why it is
 // included rather than a dependency is in the file.
@@ -27,12 +28,15 @@ fn registry_on(tree: sled::Tree, dir: Option<&std::path::Path>) -> Arc<PluginReg
     Arc::new(registry)
 }
 
+/// A fix read from an input of its own: a report by `courier`, whose bytes name the fix.
 fn fix(courier: &str, ts_ms: u64, lat: f64, lon: f64) -> PendingFix {
-    PendingFix {
-        courier: courier.into(),
-        fix: Fix::from_degrees(ts_ms, lat, lon),
-        attributes: Vec::new(),
-    }
+    let input = report_input(courier, ts_ms);
+    PendingFix::new(courier.into(), Fix::from_degrees(ts_ms, lat, lon), input)
+}
+
+fn report_input(courier: &str, id: u64) -> Arc<FixInput> {
+    let source = DeadLetterSource::Mqtt { topic: locus_sdk::topics::locations(courier) };
+    FixInput::new(source, bytes::Bytes::from(format!("report {courier} {id}")), 1_000 + id)
 }
 
 fn with_accuracy(mut pending: PendingFix, accuracy_cm: u32) -> PendingFix {
@@ -137,12 +141,51 @@ fn jitter_filter_drops_inaccurate_fixes_and_jumps_remembering_couriers_across_ba
         .expect("redeploy");
     let out = chain.process(vec![with_accuracy(fix("c4", 1, 41.0, 2.0), 10_000)]);
     assert_eq!(out.dead_letters.len(), 1);
-    assert_eq!(out.dead_letters[0].reason, REASON_PLUGIN_REJECTED);
+    let letter = &out.dead_letters[0];
+    let text = "accuracy 100 m is worse than 50 m";
+    assert_eq!(letter.reason, DeadLetterReason::PluginRejected(text.into()));
+    assert_eq!(letter.reason.as_str(), "plugin_rejected");
+    assert!(letter.detail.ends_with("rejected the fix: accuracy 100 m is worse than 50 m"));
+    // The payload is the input the fix was read from, not the fix.
+    assert_eq!((letter.payload.as_slice(), letter.received_ms), (&b"report c4 1"[..], 1_001));
+    let DeadLetterSource::Plugin { name, version, input } = &letter.source else {
+        panic!("{:?}", letter.source)
+    };
+    assert_eq!((name.as_str(), version.len()), ("jitter", 16));
+    assert_eq!(**input, DeadLetterSource::Mqtt { topic: "couriers/c4/locations".into() });
+    assert_eq!(letter.source.topic(), "couriers/c4/locations");
+
+    // Fixes of one report refused for one reason share one letter holding the report once;
+    // another reason, or another report, gets its own.
+    let report = report_input("c5", 7);
+    let of_report = |ts_ms, accuracy_cm| {
+        let fix = PendingFix::new("c5".into(), Fix::from_degrees(ts_ms, 41.0, 2.0), report.clone());
+        with_accuracy(fix, accuracy_cm)
+    };
+    let out = chain.process(vec![
+        of_report(10, 10_000),
+        with_accuracy(fix("c6", 10, 41.0, 2.0), 10_000),
+        of_report(11, 10_000),
+        of_report(12, 100),
+        of_report(13, 20_000),
+    ]);
+    assert_eq!(out.kept.len(), 1);
+    let letters: Vec<(&str, &[u8])> =
+        out.dead_letters.iter().map(|l| (l.detail.as_str(), l.payload.as_slice())).collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
     assert!(
-        out.dead_letters[0].detail.contains("accuracy 100 m"),
-        "{}",
-        out.dead_letters[0].detail
+        letters[0]
+            .0
+            .ends_with("rejected 2 fixes (device times 10, 11): accuracy 100 m is worse than 50 m"),
+        "{letters:?}"
     );
+    assert_eq!(letters[0].1, b"report c5 7");
+    assert_eq!(letters[1].1, b"report c6 10");
+    assert!(
+        letters[2].0.ends_with("rejected the fix: accuracy 200 m is worse than 50 m"),
+        "{letters:?}"
+    );
+    assert_eq!(letters[2].1, b"report c5 7");
 }
 
 #[test]
@@ -200,15 +243,13 @@ fn infinite_loop_hits_the_deadline_and_a_fresh_instance_takes_the_next_batch() {
     assert!(out.kept.is_empty());
     assert_eq!(out.dead_letters.len(), 2);
     let letter = &out.dead_letters[0];
-    assert_eq!(letter.reason, REASON_PLUGIN_FAILED);
+    assert_eq!(letter.reason, DeadLetterReason::PluginFailed);
     assert!(letter.detail.contains("plugin hostile version "), "{}", letter.detail);
     assert!(letter.detail.contains("time budget of 50 ms"), "{}", letter.detail);
     assert_eq!(letter.courier.as_deref(), Some("loop"));
-    assert_eq!(letter.topic, "couriers/loop/locations");
-    assert_eq!(
-        postcard::from_bytes::<Fix>(&letter.payload).expect("payload"),
-        Fix::from_degrees(1, 41.0, 2.0)
-    );
+    assert_eq!(letter.source.topic(), "couriers/loop/locations");
+    assert!(matches!(&letter.source, DeadLetterSource::Plugin { name, .. } if name == "hostile"));
+    assert_eq!(letter.payload, b"report loop 1", "the input as received, not the fix");
     let info = registry.get("hostile").expect("listed");
     assert_eq!(info.state, "failing");
     assert!(info.stats.last_error.expect("last error").reason.contains("time budget"));

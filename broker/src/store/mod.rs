@@ -23,7 +23,7 @@
 //!
 //!   A log entry is removed once a durable checkpoint and the shipper (when InfluxDB is on)
 //!   have both passed it.
-//! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`].
+//! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`] ([`dead_letter`]).
 //! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes).
 //! - `meta`: the layout version and the cursors. A data dir of the previous layout (a key per
 //!   track fix, a committed seq per courier, an outbox of line protocol) is migrated by
@@ -31,6 +31,7 @@
 //!
 //! The plugin registry keeps its records in a tree the store opens for it ([`Store::plugins_tree`]).
 
+mod dead_letter;
 mod live;
 pub mod log;
 mod migrate;
@@ -38,8 +39,9 @@ mod records;
 pub mod seqs;
 pub mod track;
 
+pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
 pub use log::{CommitRecord, LogEntry, LoggedFix, RecordBuilder};
-pub use records::{DeadLetter, StoredFix};
+pub use records::StoredFix;
 pub use seqs::{SeqTake, SeqWindow};
 
 use live::{CourierRecord, Live};
@@ -361,7 +363,7 @@ impl Store {
             let first_letter =
                 inner.next_dead_letter_id.fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
             for (i, letter) in dead_letters.iter().enumerate() {
-                letters.insert(&(first_letter + i as u64).to_be_bytes(), encode(letter));
+                letters.insert(&(first_letter + i as u64).to_be_bytes(), letter.encode());
             }
             (&inner.log, &inner.dead_letters, &inner.replay_progress).transaction(
                 |(log, dead, progress)| {
@@ -603,7 +605,9 @@ impl Store {
             .take(limit)
             .map(|entry| {
                 let (k, v) = entry?;
-                Ok((u64_of(&k), decode("dead_letters", &v)?))
+                let letter = DeadLetter::decode(&v)
+                    .map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })?;
+                Ok((u64_of(&k), letter))
             })
             .collect()
     }

@@ -120,13 +120,9 @@ fn the_shipper_keeps_log_entries_until_it_has_passed_them() {
 fn dead_letters_page_and_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let letter = |n: u8| DeadLetter {
-        reason: "malformed".into(),
-        detail: format!("#{n}"),
-        topic: "t".into(),
-        courier: None,
-        received_ms: 0,
-        payload: vec![n],
+    let letter = |n: u8| {
+        let source = DeadLetterSource::Mqtt { topic: "t".into() };
+        DeadLetter::new(DeadLetterReason::Malformed, source, None, format!("#{n}"), vec![n], 0)
     };
     store.record_dead_letters((0..5).map(letter).collect()).unwrap();
     let page = store.dead_letters(0, 2).unwrap();
