@@ -11,7 +11,9 @@
 //! - [`api`]: the HTTP API (axum) over the store, plus metrics and health.
 //! - [`auth`]: courier and admin tokens.
 //! - [`tls`]: certificates for the MQTT-over-TLS and HTTPS listeners.
-//! - [`config`]: the TOML configuration, one section per part.
+//! - [`config`]: the TOML configuration: one section per part, each defined next to its part
+//!   and gathered here (the parts never look at `config`).
+//! - [`listener`]: listen addresses (`HOST:PORT` or `off`) in config and on the command line.
 //! - [`cli`]: the `locusd` subcommands.
 
 // The plugin unit tests include tests/src/plugin_components.rs, which names this crate
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod influx;
+pub mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;

@@ -15,10 +15,10 @@
 //! client that connects and says nothing, or says something that is not TLS, never holds up
 //! the next connection.
 
-use crate::config::TlsConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -213,4 +213,16 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local_addr)
     }
+}
+
+/// `[tls]`: the server's certificate for every TLS listener. Both keys are required when the
+/// section is present; the files are read (and checked) at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's certificate first (no default).
+    pub cert_path: PathBuf,
+    /// PEM file with the certificate's private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    /// (no default).
+    pub key_path: PathBuf,
 }

@@ -19,6 +19,7 @@
 //! allows anonymous access). Errors are JSON `{"error": "..."}` with a fitting status.
 
 pub mod access;
+mod config;
 mod json;
 mod plugins;
 pub mod server;
@@ -34,6 +35,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 
+pub use config::HttpConfig;
 pub use json::{FixView, TrackView};
 
 /// Something that adds routes and health to the API (InfluxDB, plugins).

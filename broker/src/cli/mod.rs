@@ -124,7 +124,7 @@ impl ServeArgs {
 struct Listener(Option<SocketAddr>);
 
 fn parse_listener(text: &str) -> Result<Listener, String> {
-    crate::config::listener::parse(text).map(Listener)
+    crate::listener::parse(text).map(Listener)
 }
 
 /// Parses the command line and runs the command.

@@ -1,6 +1,6 @@
 //! `[influx]`: where committed fixes go in InfluxDB and how the shipper batches and retries.
 //!
-//! Enters: the `[influx]` TOML section (absent = nothing is queued, see [`crate::config`]).
+//! Enters: the `[influx]` TOML section (absent = nothing is queued).
 //! Leaves: a validated [`InfluxConfig`], the [`SchemaConfig`] the commit path writes points
 //! with, and the credentials resolved from the environment ([`InfluxConfig::credentials`]).
 //!

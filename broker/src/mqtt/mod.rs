@@ -16,9 +16,9 @@
 //! listener (`max_connection_rate`: over it, CONNACK "server unavailable").
 
 use crate::auth::{Role, TokenAuthority};
-use crate::config::{MqttConfig, TlsConfig};
 use crate::metrics::Metrics;
 use crate::metrics::{ActionLabel, DisconnectLabel};
+use crate::tls::TlsConfig;
 use policy::{Action, TopicPolicy};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{
@@ -30,8 +30,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod config;
 pub mod policy;
 
+pub use config::MqttConfig;
 pub use policy::PIPELINE_CLIENT_ID;
 
 /// The broker could not start.
@@ -66,7 +68,7 @@ pub struct BrokerLink {
 /// subscribed to every courier's locations topic.
 ///
 /// `tls` is `[tls]`, which the TLS listeners (`tls_listen`, `tls_listen_v5`) need
-/// ([`crate::config::Config::check`] has made sure it is there and readable).
+/// (the configuration's check at start has made sure it is there and readable).
 pub fn start(
     config: &MqttConfig,
     tls: Option<&TlsConfig>,

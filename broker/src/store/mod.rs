@@ -31,6 +31,7 @@
 //!
 //! The plugin registry keeps its records in a tree the store opens for it ([`Store::plugins_tree`]).
 
+mod config;
 mod dead_letter;
 mod live;
 pub mod log;
@@ -39,13 +40,14 @@ mod records;
 pub mod seqs;
 pub mod track;
 
+pub use config::{DeadLetterConfig, StoreConfig, TrackConfig};
 pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
 pub use log::{CommitRecord, LogEntry, LoggedFix, RecordBuilder};
 pub use records::StoredFix;
 pub use seqs::{SeqTake, SeqWindow};
 
 use live::{CourierRecord, Live};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -77,24 +79,6 @@ impl<E> From<TransactionError<E>> for StoreError {
                 StoreError::Sled(sled::Error::Unsupported("transaction aborted".to_owned()))
             }
         }
-    }
-}
-
-/// `[store]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreConfig {
-    /// How often the views (live state, track blocks) are checkpointed into sled, ms. Recovery
-    /// after a crash replays at most this much of the log; shorter costs more writes.
-    pub checkpoint_interval_ms: u64,
-    /// sled's page cache, MiB: most of locusd's resident memory under load. More keeps more
-    /// of the tracks in memory for reads; the write path needs little.
-    pub cache_mib: u64,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig { checkpoint_interval_ms: 1000, cache_mib: 128 }
     }
 }
 
