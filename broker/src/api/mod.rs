@@ -23,6 +23,7 @@ mod config;
 mod json;
 mod plugins;
 pub mod server;
+mod start;
 
 use crate::auth::TokenAuthority;
 use crate::metrics::Metrics;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 
 pub use config::HttpConfig;
 pub use json::{FixView, TrackView};
+pub use start::start;
 
 /// Something that adds routes and health to the API (InfluxDB, plugins).
 pub type HealthProbe = Arc<dyn Fn() -> (String, serde_json::Value) + Send + Sync>;

@@ -156,7 +156,7 @@ fn run_server(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("locusd")
         .build()?
-        .block_on(crate::serve::serve(config))
+        .block_on(crate::serve::serve(config, crate::serve::shutdown_signal()))
 }
 
 fn init_logging() {

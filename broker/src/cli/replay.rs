@@ -185,7 +185,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         intake = intake.with_influx_outbox(opened.clone());
         outbox = Some(opened);
     }
-    let plugins = crate::serve::start_plugins(&config, &store)?;
+    let plugins = crate::plugins::start(&config.plugins, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
 
     let mut progress =

@@ -44,6 +44,28 @@ pub use host::{PluginHost, PluginHostConfig};
 pub use registry::{PluginInfo, PluginRegistry, StartupProblem};
 pub use stats::{CallTimes, PluginStatsSnapshot};
 
+/// Starts the plugin host and loads the deployed plugins (the store's plugins tree) and the
+/// plugins directory. A plugin that cannot load is logged and left out; it never stops the
+/// server.
+pub fn start(
+    config: &PluginHostConfig,
+    store: &crate::store::Store,
+) -> anyhow::Result<std::sync::Arc<PluginRegistry>> {
+    use anyhow::Context as _;
+    let host = PluginHost::new(config).context("starting the plugin host")?;
+    let tree = store.plugins_tree().context("opening the plugins tree")?;
+    let (registry, problems) =
+        PluginRegistry::open(host, tree, config.dir.as_deref()).context("loading plugins")?;
+    let loaded = registry.list();
+    tracing::info!(
+        plugins = loaded.len(),
+        not_loaded = problems.len(),
+        "plugin chain: {}",
+        loaded.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" → ")
+    );
+    Ok(std::sync::Arc::new(registry))
+}
+
 use serde::{Deserialize, Serialize};
 
 #[allow(unused_imports)] // named by the docs above
