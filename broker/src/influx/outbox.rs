@@ -131,7 +131,9 @@ impl Outbox {
         let mut batch = Vec::new();
         let mut empty = Vec::new();
         for (id, entry) in self.inner.store.shipper_read(after, max_lines as u64)? {
-            let (value, lines) = match entry {
+            // Fixes are lines: one point each (a legacy entry counts its lines).
+            let lines = entry.fixes();
+            let value = match entry {
                 LogEntry::Commit(record) => {
                     let mut value = String::with_capacity(record.fixes.len() * 128);
                     for (i, (courier, fix)) in record.stored_fixes().enumerate() {
@@ -140,12 +142,9 @@ impl Outbox {
                         }
                         line_protocol::write_point(&mut value, courier, &fix, &self.inner.schema);
                     }
-                    (value.into_bytes(), record.fixes.len() as u64)
+                    value.into_bytes()
                 }
-                LogEntry::LegacyLines(lines) => {
-                    let count = 1 + lines.iter().filter(|&&b| b == b'\n').count() as u64;
-                    (lines, count)
-                }
+                LogEntry::LegacyLines(lines) => lines,
             };
             if lines == 0 {
                 empty.push((id, 0));

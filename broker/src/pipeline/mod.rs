@@ -183,11 +183,8 @@ impl Intake {
 
     fn courier<'a>(&self, building: &'a mut Building, courier: &str) -> &'a mut CourierInBatch {
         if !building.couriers.contains_key(courier) {
-            let state = CourierInBatch {
-                seqs: self.store.seq_window(courier),
-                newest_ts: self.store.last_ts(courier),
-                times: HashSet::new(),
-            };
+            let (seqs, newest_ts) = self.store.dedup_state(courier);
+            let state = CourierInBatch { seqs, newest_ts, times: HashSet::new() };
             building.couriers.insert(courier.to_owned(), state);
         }
         building.couriers.get_mut(courier).expect("just inserted")

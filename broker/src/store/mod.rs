@@ -533,9 +533,12 @@ impl Store {
             .collect()
     }
 
-    /// The device time of a courier's last location (the newest fix it has).
-    pub fn last_ts(&self, courier: &str) -> Option<u64> {
-        self.live().couriers.get(courier)?.record.last.as_ref().map(|f| f.fix.ts_ms)
+    /// What the intake checks a courier's reports against, in one look at the live view: its
+    /// committed seqs and the device time of its last location (the newest fix it has).
+    pub fn dedup_state(&self, courier: &str) -> (SeqWindow, Option<u64>) {
+        let live = self.live();
+        let Some(c) = live.couriers.get(courier) else { return (SeqWindow::default(), None) };
+        (c.record.seqs.clone(), c.record.last.as_ref().map(|f| f.fix.ts_ms))
     }
 
     /// Where `locusd replay` stopped in the file with identity `key`.

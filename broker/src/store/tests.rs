@@ -150,6 +150,6 @@ fn same_device_times_are_found_in_memory_and_in_sled() {
     store.checkpoint().unwrap();
     assert!(store.has_track_fix("c1", 1000).unwrap());
     assert!(!store.has_track_fix("c2", 1000).unwrap());
-    assert_eq!(store.last_ts("c1"), Some(2000));
+    assert_eq!(store.dedup_state("c1").1, Some(2000));
     let _ = stored(0);
 }
