@@ -48,12 +48,14 @@ impl Live {
     }
 
     /// Applies log entry `id`. `stored_order` reads an order's last location from sled when
-    /// memory does not have it.
+    /// memory does not have it; `in_written_track(courier, ts)` says the track in sled already
+    /// holds the fix (after a checkpoint cut off halfway; see the store's `replay`).
     pub(super) fn apply(
         &mut self,
         id: u64,
         record: CommitRecord,
         mut stored_order: impl FnMut(&str) -> Option<(String, StoredFix)>,
+        mut in_written_track: impl FnMut(&str, u64) -> bool,
     ) {
         let CommitRecord { received_ms, couriers, reports, fixes } = record;
         if !fixes.is_empty() {
@@ -87,7 +89,9 @@ impl Live {
                     self.orders.insert(order.to_owned(), (courier.clone(), stored.clone()));
                 }
             }
-            self.tracks.add(courier, stored);
+            if !in_written_track(courier, ts) {
+                self.tracks.add(courier, stored);
+            }
         }
         self.applied_through = self.applied_through.max(id);
     }

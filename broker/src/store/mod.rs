@@ -17,8 +17,11 @@
 //!     applies each entry right after writing it, so reads see a fix once its entry exists.
 //!   - the checkpoint ([`Store::checkpoint`], every `[store] checkpoint_interval_ms`): what
 //!     changed in the live state goes to trees `courier_state`, `order_location` and
-//!     `track_blocks`, with the views' cursor, in one transaction. Recovery replays the log
-//!     after that cursor: its time is bounded by the interval, not by the store's size.
+//!     `track_blocks`, then the views' cursor. Recovery replays the log after that cursor: its
+//!     time is bounded by the interval, not by the store's size. The checkpoint is plain
+//!     inserts, not a transaction (sled's batches and transactions stop every other write in
+//!     the process while they run, acks included), so a crash can cut one off halfway; the
+//!     replay then skips the fixes the track already holds (see `replay`).
 //!   - the InfluxDB shipper reads the log after its own cursor ([`Store::shipper_read`]).
 //!
 //!   A log entry is removed once a durable checkpoint and the shipper (when InfluxDB is on)
@@ -49,7 +52,7 @@ pub use seqs::{SeqTake, SeqWindow};
 use live::{CourierRecord, Live};
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -162,6 +165,50 @@ struct WrittenCheckpoint {
     durable_after_flush: u64,
 }
 
+/// Spreads a checkpoint's writes over the committer's flushes: every fsync writes out what
+/// was written since the last one, acks wait for it, and a checkpoint of a busy city is
+/// megabytes. Without this, one flush carries all of it and its acks wait tens of ms.
+struct FlushPacer<'a> {
+    inner: &'a Inner,
+    /// Bytes written since the last pause.
+    unflushed: usize,
+    /// Time paused so far.
+    paused: std::time::Duration,
+}
+
+/// Checkpoint bytes one flush may carry before the checkpoint waits for the next flush.
+const CHECKPOINT_BYTES_PER_FLUSH: usize = 128 * 1024;
+
+/// The longest a checkpoint waits for a flush (none may come: an idle server, `locusd replay`).
+const CHECKPOINT_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The most a checkpoint waits in all: past it, it writes at full speed, so that at saturation
+/// it keeps up with the intake (a checkpoint that falls behind keeps blocks in memory and the
+/// log growing) instead of trading throughput for latency.
+const CHECKPOINT_PAUSE_BUDGET: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl FlushPacer<'_> {
+    fn wrote(&mut self, bytes: usize) {
+        self.unflushed += bytes;
+        if self.unflushed < CHECKPOINT_BYTES_PER_FLUSH {
+            return;
+        }
+        self.unflushed = 0;
+        if self.paused >= CHECKPOINT_PAUSE_BUDGET {
+            return;
+        }
+        // A flush begun from now on carries what was written so far.
+        let begun = self.inner.flushes_begun.load(Ordering::Acquire);
+        let started = std::time::Instant::now();
+        while self.inner.flushes_done.load(Ordering::Acquire) <= begun
+            && started.elapsed() < CHECKPOINT_MAX_PAUSE
+        {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        self.paused += started.elapsed();
+    }
+}
+
 /// Where the shipper is: every entry up to `through` is shipped, and these above it.
 #[derive(Debug, Default)]
 struct ShipperCursor {
@@ -193,6 +240,8 @@ const META_FORMAT: &[u8] = b"format";
 const META_VIEWS_CURSOR: &[u8] = b"views_cursor";
 const META_SHIPPER_CURSOR: &[u8] = b"shipper_cursor";
 const META_NEXT_BLOCK_ID: &[u8] = b"next_block_id";
+/// The views' cursor of the newest checkpoint begun (it may not have finished).
+const META_CHECKPOINT_TO: &[u8] = b"checkpoint_to";
 
 fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encoding of plain records cannot fail")
@@ -252,24 +301,12 @@ impl Store {
             live.couriers.insert(courier, live::CourierLive { record, dirty: false });
         }
         let views_cursor = meta_u64(&meta, META_VIEWS_CURSOR)?.unwrap_or(0);
+        let checkpoint_to = meta_u64(&meta, META_CHECKPOINT_TO)?.unwrap_or(0);
         live.applied_through = views_cursor;
         live.tracks = track::OpenTracks::new(meta_u64(&meta, META_NEXT_BLOCK_ID)?.unwrap_or(1));
         let order_location = db.open_tree("order_location")?;
-        let mut replayed = 0u64;
-        for entry in log.range(log::key(views_cursor + 1)..) {
-            let (key, value) = entry?;
-            if let LogEntry::Commit(record) = LogEntry::decode(&value)? {
-                live.apply(log::id_of(&key), record, |order| {
-                    order_location
-                        .get(order)
-                        .ok()
-                        .flatten()
-                        .and_then(|v| decode::<(String, StoredFix)>("order_location", &v).ok())
-                });
-            }
-            live.applied_through = log::id_of(&key);
-            replayed += 1;
-        }
+        let replayed =
+            replay(&log, &track, &order_location, &mut live, views_cursor, checkpoint_to)?;
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed the commit log after the last checkpoint");
         }
@@ -370,7 +407,7 @@ impl Store {
             inner.shipper_pending.fetch_add(record.fixes.len() as u64, Ordering::Relaxed);
         }
         let orders = &inner.order_location;
-        self.live_mut().apply(id, record, |order| stored_order(orders, order));
+        self.live_mut().apply(id, record, |order| stored_order(orders, order), |_, _| false);
         Ok(())
     }
 
@@ -406,15 +443,23 @@ impl Store {
         self.commit(Commit { dead_letters: letters, ..Commit::default() })
     }
 
-    /// Copies what changed in the live view into sled with the views' cursor (one
-    /// transaction), and removes the log entries that every view has passed and that a durable
-    /// checkpoint covers.
+    /// Copies what changed in the live view into sled, then the views' cursor, and removes the
+    /// log entries that every view has passed and that a durable checkpoint covers.
     ///
     /// It does not flush on its own under load: the committer flushes all the time, and a
     /// checkpoint's fsync would hold up the acks behind it. The log behind a checkpoint goes
     /// once a flush has begun after it (at the next checkpoint); when nothing else flushed by
     /// then (an idle server), the checkpoint flushes itself.
     pub fn checkpoint(&self) -> Result<CheckpointStats, StoreError> {
+        self.checkpoint_until(|| Ok(()))
+    }
+
+    /// [`Store::checkpoint`], asking `may_write` before each view write (tests stop it
+    /// halfway, as a crash would).
+    fn checkpoint_until(
+        &self,
+        mut may_write: impl FnMut() -> Result<(), StoreError>,
+    ) -> Result<CheckpointStats, StoreError> {
         let inner = &self.inner;
         let mut previous = inner.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         let (couriers, orders, blocks, cursor, next_block_id) = {
@@ -435,29 +480,34 @@ impl Store {
             let blocks = live.tracks.checkpoint_writes();
             (couriers, encoded, blocks, live.applied_through, live.tracks.next_block_id())
         };
-        let mut courier_batch = sled::Batch::default();
-        for (courier, value) in &couriers {
-            courier_batch.insert(courier.as_bytes(), value.as_slice());
-        }
-        let mut order_batch = sled::Batch::default();
-        for (order, value) in &orders {
-            order_batch.insert(order.as_bytes(), value.as_slice());
-        }
-        let mut block_batch = sled::Batch::default();
-        for block in &blocks {
-            block_batch.insert(block.key.as_slice(), block.value.as_slice());
-        }
-        let mut meta_batch = sled::Batch::default();
-        meta_batch.insert(META_VIEWS_CURSOR, &cursor.to_be_bytes());
-        meta_batch.insert(META_NEXT_BLOCK_ID, &next_block_id.to_be_bytes());
-        let written = (&inner.courier_state, &inner.order_location, &inner.track, &inner.meta)
-            .transaction(|(c, o, t, m)| {
-                c.apply_batch(&courier_batch)?;
-                o.apply_batch(&order_batch)?;
-                t.apply_batch(&block_batch)?;
-                m.apply_batch(&meta_batch)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            });
+        // Plain inserts, not one transaction: a sled batch or transaction holds a lock that
+        // stops every other write in the process (the committer's log entries, so the acks)
+        // for as long as it runs, and a checkpoint of a busy city is milliseconds. A crash
+        // halfway leaves some views written past the cursor; recovery allows for that (see
+        // `replay`). The order matters: the block ids and the cursor being written come first,
+        // the views' cursor last.
+        let mut pacer = FlushPacer { inner, unflushed: 0, paused: std::time::Duration::ZERO };
+        let mut write = |tree: &sled::Tree, key: &[u8], value: &[u8]| {
+            may_write()?;
+            pacer.wrote(key.len() + value.len());
+            tree.insert(key, value)?;
+            Ok::<_, StoreError>(())
+        };
+        let written = (|| {
+            let meta = &inner.meta;
+            meta.insert(META_NEXT_BLOCK_ID, &next_block_id.to_be_bytes())?;
+            meta.insert(META_CHECKPOINT_TO, &cursor.to_be_bytes())?;
+            for (courier, value) in &couriers {
+                write(&inner.courier_state, courier.as_bytes(), value)?;
+            }
+            for (order, value) in &orders {
+                write(&inner.order_location, order.as_bytes(), value)?;
+            }
+            for block in &blocks {
+                write(&inner.track, &block.key, &block.value)?;
+            }
+            write(meta, META_VIEWS_CURSOR, &cursor.to_be_bytes())
+        })();
         {
             let mut live = self.live_mut();
             let checkpointed = std::mem::take(&mut live.orders_checkpointing);
@@ -502,12 +552,11 @@ impl Store {
             let shipper_through = self.shipper_cursor().through;
             let through =
                 if inner.options.keep_for_shipper { durable.min(shipper_through) } else { durable };
-            let mut removed = sled::Batch::default();
+            // One remove at a time, for the same reason as the views' inserts.
             for key in inner.log.range(..=log::key(through)).keys() {
-                removed.remove(key?);
+                inner.log.remove(key?)?;
                 log_entries_removed += 1;
             }
-            inner.log.apply_batch(removed)?;
         }
         Ok(CheckpointStats {
             couriers: couriers.len(),
@@ -632,12 +681,10 @@ impl Store {
         if let (Some((first, _)), Some((last, _))) = (dead_letters.first()?, dead_letters.last()?) {
             let keep_from = u64_of(&last).saturating_sub(max_dead_letters as u64) + 1;
             if u64_of(&first) < keep_from {
-                let mut batch = sled::Batch::default();
                 for key in dead_letters.range(..keep_from.to_be_bytes()).keys() {
-                    batch.remove(key?);
+                    dead_letters.remove(key?)?;
                     removed += 1;
                 }
-                dead_letters.apply_batch(batch)?;
             }
         }
         Ok(removed)
@@ -705,6 +752,64 @@ impl Store {
     pub fn shipper_pending(&self) -> u64 {
         self.inner.shipper_pending.load(Ordering::Relaxed)
     }
+}
+
+/// Applies the log after the views' cursor to the live view loaded from the last checkpoint.
+/// Returns the entries applied.
+///
+/// A checkpoint cut off by a crash (`checkpoint_to` past the views' cursor) may have written
+/// some of its views. Courier records and order locations are safe to apply again (seqs are
+/// a set, the newest device time wins), but a track block it wrote holds fixes the replay
+/// would add a second time: fixes of entries up to `checkpoint_to` that the written track
+/// holds are skipped. A courier has one fix per device time (the intake refuses a second),
+/// so the device time says which.
+fn replay(
+    log: &sled::Tree,
+    track: &sled::Tree,
+    order_location: &sled::Tree,
+    live: &mut Live,
+    views_cursor: u64,
+    checkpoint_to: u64,
+) -> Result<u64, StoreError> {
+    let mut written: HashMap<String, HashSet<u64>> = HashMap::new();
+    if checkpoint_to > views_cursor {
+        let mut spans: HashMap<String, (u64, u64)> = HashMap::new();
+        for entry in log.range(log::key(views_cursor + 1)..=log::key(checkpoint_to)) {
+            if let LogEntry::Commit(record) = LogEntry::decode(&entry?.1)? {
+                for logged in &record.fixes {
+                    let ts = logged.fix.ts_ms;
+                    spans
+                        .entry(record.couriers[logged.courier as usize].clone())
+                        .and_modify(|(from, to)| (*from, *to) = ((*from).min(ts), (*to).max(ts)))
+                        .or_insert((ts, ts));
+                }
+            }
+        }
+        for (courier, (from, to)) in spans {
+            let fixes =
+                track::read(track, &Vec::new(), &courier, Some(from), Some(to), usize::MAX)?;
+            written.insert(courier, fixes.iter().map(|f| f.fix.ts_ms).collect());
+        }
+    }
+    let mut replayed = 0;
+    for entry in log.range(log::key(views_cursor + 1)..) {
+        let (key, value) = entry?;
+        let id = log::id_of(&key);
+        if let LogEntry::Commit(record) = LogEntry::decode(&value)? {
+            let maybe_written = id <= checkpoint_to;
+            live.apply(
+                id,
+                record,
+                |order| stored_order(order_location, order),
+                |courier, ts| {
+                    maybe_written && written.get(courier).is_some_and(|times| times.contains(&ts))
+                },
+            );
+        }
+        live.applied_through = id;
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 fn stored_order(tree: &sled::Tree, order: &str) -> Option<(String, StoredFix)> {

@@ -153,3 +153,67 @@ fn same_device_times_are_found_in_memory_and_in_sled() {
     assert_eq!(store.dedup_state("c1").1, Some(2000));
     let _ = stored(0);
 }
+
+#[test]
+fn a_checkpoint_cut_off_halfway_is_completed_by_the_replay_without_doubling_the_track() {
+    let order_fix = |ts: u64| {
+        let mut builder = RecordBuilder::new(ts);
+        let mut fix = Fix::from_degrees(ts, 3.0, 4.0);
+        fix.details =
+            Some(locus_sdk::wire::FixDetails { order: Some("o1".into()), ..Default::default() });
+        builder.fix("c2", fix, vec![]);
+        Commit { record: builder.finish(), ..Commit::default() }
+    };
+    let check = |store: &Store, at: &str| {
+        let c1: Vec<u64> = (1..=140).map(|seq| seq * 1000).collect();
+        assert_eq!(times(&store.track("c1", None, None, 1_000).unwrap()), c1, "{at}");
+        assert_eq!(times(&store.track("c3", None, None, 1_000).unwrap()), [1000, 2000], "{at}");
+        assert_eq!(store.seq_window("c1").watermark(), 140, "{at}");
+        assert_eq!(store.seq_window("c3").watermark(), 2, "{at}");
+        assert_eq!(store.last_location("c1").unwrap().unwrap().fix.ts_ms, 140_000, "{at}");
+        assert_eq!(store.order_location("o1").unwrap().unwrap().1.fix.ts_ms, 9_000, "{at}");
+    };
+    // Like a kill -9 in the middle of a checkpoint, stopped before each of its writes in turn.
+    let mut writes_before_the_crash = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for seq in 1..=70 {
+            store.commit(reports("c1", &[seq])).unwrap();
+        }
+        store.commit(order_fix(5_000)).unwrap();
+        store.checkpoint().unwrap();
+        // The next one rewrites c1's open block, starts new ones, and adds c3 and o1.
+        for seq in 71..=140 {
+            store.commit(reports("c1", &[seq])).unwrap();
+        }
+        store.commit(reports("c3", &[1, 2])).unwrap();
+        store.commit(order_fix(9_000)).unwrap();
+        let mut left = writes_before_the_crash;
+        let finished = store
+            .checkpoint_until(|| match left {
+                0 => Err(StoreError::Sled(sled::Error::Unsupported("crash".into()))),
+                _ => {
+                    left -= 1;
+                    Ok(())
+                }
+            })
+            .is_ok();
+        store.flush().unwrap();
+        drop(store);
+
+        let at = format!("crashed after {writes_before_the_crash} writes");
+        let store = reopen(dir.path(), StoreOptions::default());
+        check(&store, &at);
+        // What the replay rebuilt is checkpointed like anything else.
+        store.checkpoint().unwrap();
+        store.checkpoint().unwrap();
+        drop(store);
+        check(&reopen(dir.path(), StoreOptions::default()), &format!("{at}, then checkpointed"));
+        if finished {
+            break;
+        }
+        writes_before_the_crash += 1;
+    }
+    assert!(writes_before_the_crash >= 6, "the checkpoint has a write per courier, order, block");
+}

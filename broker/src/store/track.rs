@@ -326,7 +326,6 @@ pub(super) fn prune(
 ) -> Result<usize, StoreError> {
     let prefix = courier_prefix(courier);
     let mut kept: usize = open.iter().map(|(_, fixes)| fixes.len()).sum();
-    let mut batch = sled::Batch::default();
     let mut removed = 0;
     // Newest first by first device time: late blocks of old fixes sort with their time.
     for entry in tree.scan_prefix(&prefix).rev() {
@@ -337,13 +336,13 @@ pub(super) fn prune(
         let len = block_len(&value)?;
         let all_old = first_ts_of(&key, prefix.len()).saturating_add(BLOCK_SPAN_MS) <= min_ts;
         if kept >= max_fixes || all_old {
-            batch.remove(key);
+            // One remove at a time: a sled batch stops every other write while it runs.
+            tree.remove(key)?;
             removed += len;
         } else {
             kept += len;
         }
     }
-    tree.apply_batch(batch)?;
     Ok(removed)
 }
 
