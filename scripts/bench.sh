@@ -4,15 +4,19 @@
 # settings inside the bench process, and the ratio of the two from the same run).
 #
 #   ./scripts/bench.sh            # every row
-#   ./scripts/bench.sh 1 3        # rows 1 (1 fix per report), 2 (10 per report), 3 (20k/s)
+#   ./scripts/bench.sh 1 3        # rows 1 (1 fix per report), 2 (10 per report), 3 (20k/s),
+#                                 # 4 (a city: 10,000 couriers at 1 fix/s, token checks on),
+#                                 # 5 (10,000 idle connections: memory per connection)
 #
 # The per-connection publish-rate throttle is off here ([mqtt] max_publish_rate = 0): at its
 # default (1,000 reports/s per connection) 100 couriers could not publish more than 100k
 # reports/s, and the point is to measure the server, not the throttle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A fleet is thousands of sockets: lift the soft open-files limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-rows=("${@:-1 2 3}")
+rows=("${@:-1 2 3 4 5}")
 cargo build --release --quiet -p locus-broker
 locusd=target/release/locusd
 
@@ -29,6 +33,23 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$work"' EXIT
 
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }
+
+# Samples locusd's resident memory every 200 ms into $work/rss until the file $work/rss.stop
+# appears; `peak_rss_kb` then says the highest.
+sample_rss() {
+  rm -f "$work/rss" "$work/rss.stop"
+  (while [ ! -e "$work/rss.stop" ] && rss_kb >>"$work/rss"; do sleep 0.2; done) &
+  sampler=$!
+}
+peak_rss_kb() {
+  touch "$work/rss.stop"
+  wait "$sampler"
+  sort -n "$work/rss" | tail -1
+}
+
+# start_server [tokens]: anonymous unless "tokens" (then couriers need tokens from the data dir,
+# which `locusd bench --data-dir` issues).
 start_server() {
   stop_server
   rm -rf "$work/data"
@@ -36,7 +57,7 @@ start_server() {
   http=$(port)
   {
     echo "data_dir = \"$work/data\""
-    echo "allow_anonymous = true"
+    if [ "${1:-}" != tokens ]; then echo "allow_anonymous = true"; fi
     echo "[mqtt]"
     echo "listen = \"127.0.0.1:$mqtt\""
     echo "listen_v5 = \"off\""
@@ -57,7 +78,10 @@ start_server() {
 
 bench() { "$locusd" bench --mqtt "127.0.0.1:$mqtt" --config "$work/bench.toml" --baseline "$@"; }
 for row in ${rows[*]}; do
-  start_server
+  case "$row" in
+    4|5) start_server tokens ;;
+    *) start_server ;;
+  esac
   case "$row" in
     1) echo "== 1 fix per report, 100 couriers, as fast as acks allow"
        bench --couriers 100 --duration-s 10 ;;
@@ -65,6 +89,21 @@ for row in ${rows[*]}; do
        bench --couriers 100 --fixes-per-report 10 --duration-s 10 ;;
     3) echo "== 20,000 fixes/s, 1 fix per report, 100 couriers"
        bench --couriers 100 --rate 20000 --duration-s 10 ;;
+    4) echo "== a city: 10,000 couriers with token checks, one fix per courier per second ±10%"
+       # No --baseline here: a bare broker in the bench process would hold 10,000 server sockets
+       # next to the 10,000 couriers', past this box's limit of 20,000 open files per process.
+       sample_rss
+       "$locusd" bench --mqtt "127.0.0.1:$mqtt" --couriers 10000 \
+         --interval-ms 1000 --duration-s 30 --data-dir "$work/data"
+       echo "locusd peak resident memory: $(( $(peak_rss_kb) / 1024 )) MiB" ;;
+    5) echo "== 10,000 idle couriers (connected with token checks, no reports)"
+       before=$(rss_kb)
+       sample_rss
+       "$locusd" bench --mqtt "127.0.0.1:$mqtt" --couriers 10000 --interval-ms 3600000 \
+         --duration-s 10 --data-dir "$work/data"
+       peak=$(peak_rss_kb)
+       echo "locusd resident memory: $(( before / 1024 )) MiB before, $(( peak / 1024 )) MiB" \
+         "with 10,000 connected: $(( (peak - before) * 1024 / 10000 )) bytes per connection" ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
 done

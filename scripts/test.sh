@@ -7,6 +7,8 @@
 #   ./scripts/test.sh --no-lint  # skip fmt and clippy (quicker while iterating)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A fleet is thousands of sockets: lift the soft open-files limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 lint=1
 for arg in "$@"; do
@@ -77,6 +79,12 @@ done
 step "cargo test"
 failed=0
 cargo test --workspace --no-fail-fast --features locus-sdk/client || failed=1
+
+# The vendored rumqttd's own unit tests (its patches have some: vendor/rumqttd/PATCHES.md). It is
+# outside the workspace, so it builds on its own, in vendor/rumqttd/target, with its own lock.
+step "vendor/rumqttd: cargo test --lib"
+cargo test --manifest-path vendor/rumqttd/Cargo.toml --target-dir vendor/rumqttd/target \
+  --locked --lib || failed=1
 
 # Fuzz targets (fuzz/README.md): `cargo test` above ran each for 2 s; here each runs for 30 s,
 # two at a time, in the dev profile. A crash fails the run and is saved in fuzz/crashes/.

@@ -119,6 +119,7 @@ impl Config {
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes),
             ("mqtt.max_connections", self.mqtt.max_connections),
             ("mqtt.max_inflight", self.mqtt.max_inflight),
+            ("mqtt.ingest_buffer_mib", self.mqtt.ingest_buffer_mib),
             ("http.max_page", self.http.max_page),
             ("http.max_body_bytes", self.http.max_body_bytes),
             ("http.header_read_timeout_ms", self.http.header_read_timeout_ms as usize),

@@ -80,6 +80,7 @@ impl FakeServer {
             next_connection_delay_ms: 1,
             connections,
             max_connection_rate: None,
+            connection_burst: None,
             listener_event_handler: None,
         };
         let config = Config {

@@ -92,6 +92,7 @@ impl TestBroker {
                 next_connection_delay_ms: 0,
                 connections: connections.clone(),
                 max_connection_rate: None,
+                connection_burst: None,
                 listener_event_handler: None,
             };
             let sink = listener_events.clone();

@@ -36,8 +36,9 @@ fn sim_bin() -> &'static Path {
 
 /// A tokens file (`COURIER TOKEN` lines) for `ids`, issued by the server.
 fn tokens_file(server: &LocusServer, dir: &Path, ids: &[String]) -> PathBuf {
+    let tokens = server.issue_tokens(ids);
     let lines: Vec<String> =
-        ids.iter().map(|id| format!("{id} {}", server.issue_token(id))).collect();
+        ids.iter().zip(tokens).map(|(id, token)| format!("{id} {token}")).collect();
     let path = dir.join("tokens.txt");
     std::fs::write(&path, lines.join("\n") + "\n").expect("tokens file");
     path
@@ -61,6 +62,30 @@ fn sim_command(broker: &str, data_dir: &Path, tokens: Option<&Path>, extra: &[&s
         command.arg("--tokens-file").arg(tokens);
     }
     command
+}
+
+/// `couriers` simulated apps with tokens (outboxes under `work`), each reporting every
+/// `interval_ms` for `duration_s` seconds, plus `extra` flags.
+fn spawn_fleet(
+    server: &LocusServer,
+    work: &Path,
+    couriers: usize,
+    interval_ms: u64,
+    duration_s: u64,
+    extra: &[&str],
+) -> Running {
+    let tokens = tokens_file(server, work, &sim_ids(couriers));
+    let (couriers, interval_ms, duration_s) =
+        (couriers.to_string(), interval_ms.to_string(), duration_s.to_string());
+    let mut args =
+        vec!["--couriers", &couriers, "--interval-ms", &interval_ms, "--duration-s", &duration_s];
+    args.extend_from_slice(extra);
+    Running::spawn(sim_command(
+        &server.mqtt.to_string(),
+        &work.join("outboxes"),
+        Some(&tokens),
+        &args,
+    ))
 }
 
 /// The fixes a simulator run logged as durably reported, per courier, in order.
@@ -227,25 +252,14 @@ fn reports_survive_an_outage(
 ) -> BTreeMap<String, Vec<u64>> {
     let mut server = LocusServer::start();
     let work = tempfile::tempdir().expect("temp dir");
-    let ids = sim_ids(couriers);
-    let tokens = tokens_file(&server, work.path(), &ids);
-    let (couriers, interval_ms, duration_s) =
-        (couriers.to_string(), interval_ms.to_string(), duration_s.to_string());
-    let sim = Running::spawn(sim_command(
-        &server.mqtt.to_string(),
-        &work.path().join("outboxes"),
-        Some(&tokens),
-        &[
-            "--couriers",
-            &couriers,
-            "--interval-ms",
-            &interval_ms,
-            "--duration-s",
-            &duration_s,
-            "--flush-timeout-s",
-            "120",
-        ],
-    ));
+    let sim = spawn_fleet(
+        &server,
+        work.path(),
+        couriers,
+        interval_ms,
+        duration_s,
+        &["--flush-timeout-s", "120"],
+    );
     sim.wait_reported(before);
     take_down(&mut server);
     let down_from = sim.reported_count();
@@ -265,6 +279,49 @@ fn fifty_couriers_survive_locusd_kill9_and_restart_exactly_once() {
     // Killed in the middle of the run, kept away a while, brought back.
     let reported = reports_survive_an_outage(50, 200, 10, (300, 300), LocusServer::kill9);
     assert_eq!(reported.len(), 50);
+}
+
+/// A city's fleet after a server crash: 2,000 SDK couriers (one `locus-sim`) at a fix a
+/// second, locusd killed with -9 and restarted. The whole fleet reconnects at once, spread only
+/// by the SDK's jittered back-off, with token checks on: the connected-clients gauge comes back
+/// to 2,000 and every fix the couriers reported is committed exactly once. The time to full
+/// reconnection is printed (a figure for the README, not a timed assertion).
+#[test]
+fn two_thousand_couriers_reconnect_after_locusd_is_killed_and_every_fix_is_acked() {
+    const COURIERS: usize = 2_000;
+    let mut server = LocusServer::start();
+    let work = tempfile::tempdir().expect("temp dir");
+    // 2,000 fsyncs a second would measure the test machine's disk, not the fleet.
+    let extra = ["--no-fsync", "--flush-timeout-s", "120"];
+    let sim = spawn_fleet(&server, work.path(), COURIERS, 1000, 25, &extra);
+    let all_connected = |server: &LocusServer, what: &str| {
+        locus_tests::wait_for(what, || {
+            (server.metric("locus_mqtt_connected_clients") == COURIERS as f64).then_some(())
+        })
+    };
+    all_connected(&server, "the fleet connected");
+    sim.wait_reported(COURIERS * 3);
+
+    server.kill9();
+    let down_from = sim.reported_count();
+    sim.wait_reported(down_from + COURIERS);
+    let restarted = Instant::now();
+    server.restart();
+    all_connected(&server, "the fleet reconnected after the restart");
+    eprintln!(
+        "{COURIERS} couriers reconnected {:?} after locusd was restarted",
+        restarted.elapsed()
+    );
+    assert_eq!(server.metric("locus_mqtt_connection_rate_refused_total"), 0.0);
+    assert_eq!(server.metric("locus_mqtt_auth_refused_total"), 0.0);
+
+    let (code, stdout) = sim.finish();
+    assert_eq!(code, Some(0), "{stdout}");
+    let reported = reported(&stdout);
+    assert_eq!(reported.len(), COURIERS);
+    let total: usize = reported.values().map(Vec::len).sum();
+    assert_eq!(last_line(&stdout), (total as u64, total as u64));
+    assert_tracks_match(&server, &reported);
 }
 
 #[test]
@@ -532,23 +589,7 @@ fn without_ansi_codes(text: &str) -> String {
 fn locusd_killed_again_and_again_under_load_loses_no_acked_fix() {
     let mut server = LocusServer::start();
     let work = tempfile::tempdir().expect("temp dir");
-    let ids = sim_ids(20);
-    let tokens = tokens_file(&server, work.path(), &ids);
-    let sim = Running::spawn(sim_command(
-        &server.mqtt.to_string(),
-        &work.path().join("outboxes"),
-        Some(&tokens),
-        &[
-            "--couriers",
-            "20",
-            "--interval-ms",
-            "20",
-            "--duration-s",
-            "30",
-            "--flush-timeout-s",
-            "120",
-        ],
-    ));
+    let sim = spawn_fleet(&server, work.path(), 20, 20, 30, &["--flush-timeout-s", "120"]);
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

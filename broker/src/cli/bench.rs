@@ -4,7 +4,9 @@
 //! listen for their acks. A report counts as committed when its ack arrives; its latency is
 //! publish → ack, the end-to-end promise devices wait for. Without `--rate` every courier keeps
 //! `--window` reports outstanding (maximum throughput); with `--rate` the total publish rate is
-//! fixed (latency at a given load).
+//! fixed (latency at a given load); with `--interval-ms` each courier sends one report every
+//! interval, at a random phase and with ±10% jitter, as a city's phones do (a fleet at 1 Hz).
+//! The run also says how long the whole fleet took to connect.
 //!
 //! A courier whose connection fails reconnects after a short back-off and resends every report
 //! not yet acked, as a device does; failures are counted in the summary. A run fails only when
@@ -42,8 +44,12 @@ pub(super) struct BenchArgs {
     #[arg(long, default_value_t = 50)]
     couriers: usize,
     /// Total fixes per second to publish; 0 = as fast as acks allow.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "interval_ms")]
     rate: u64,
+    /// A city: each courier sends one report every this many milliseconds (random phase,
+    /// ±10% jitter per report), e.g. `--couriers 10000 --interval-ms 1000`.
+    #[arg(long)]
+    interval_ms: Option<u64>,
     /// Fixes per report.
     #[arg(long, default_value_t = 1)]
     fixes_per_report: usize,
@@ -75,6 +81,7 @@ impl BenchArgs {
             "--couriers, --window and --fixes-per-report must be at least 1"
         );
         anyhow::ensure!(self.duration_s > 0, "--duration-s must be at least 1");
+        anyhow::ensure!(self.interval_ms != Some(0), "--interval-ms must be at least 1");
         Ok(())
     }
 
@@ -84,7 +91,11 @@ impl BenchArgs {
             "couriers={} fixes_per_report={} rate={} window={} duration={}s",
             self.couriers,
             self.fixes_per_report,
-            if self.rate == 0 { "max".to_string() } else { format!("{}/s", self.rate) },
+            match (self.interval_ms, self.rate) {
+                (Some(ms), _) => format!("a report per courier every {ms} ms ±10%"),
+                (None, 0) => "max".to_string(),
+                (None, rate) => format!("{rate}/s"),
+            },
             self.window,
             self.duration_s
         )
@@ -97,11 +108,9 @@ const WARMUP: Duration = Duration::from_secs(2);
 /// did by then (or where every courier failed and none connected) fails.
 const CONNECT_GRACE: Duration = Duration::from_secs(30);
 
-/// How long a courier waits for its CONNACK, seconds. rumqttd accepts connections one at a time
-/// (a few hundred a second here), so a thousand couriers connecting at once take seconds: with
-/// rumqttc's default of 5 s the last ones gave up, and the broker, which still completed their
-/// first attempt, then took their session over from the retry, closing it (a cascade of
-/// "connection errors" that were only the generator's impatience).
+/// How long a courier waits for its CONNACK, seconds: long enough that a slow server shows as a
+/// long connect time, not as a cascade of retries (a retry makes the broker take over the
+/// session of the first attempt it was still completing, closing it).
 const CONNECT_TIMEOUT_S: u64 = 30;
 
 /// Outstanding reports may take this long to be acked after a run before the couriers hang up.
@@ -222,6 +231,8 @@ struct RunResult {
     samples: u64,
     couriers: usize,
     connected: usize,
+    /// Seconds from the first CONNECT until every courier was connected (or the grace ran out).
+    connect_s: f64,
     /// Connection failures, most frequent message first.
     errors: Vec<(String, u64)>,
     /// How many of them happened while measuring.
@@ -243,14 +254,15 @@ impl RunResult {
         let errors: u64 = self.errors.iter().map(|(_, n)| n).sum();
         let mut line = format!(
             "{label:<width$} {:>9} fixes/s  p50={p50:.2}ms p90={p90:.2}ms p99={p99:.2}ms \
-             max={max:.2}ms  ({} fixes in {:.1} s, {} reports timed, couriers connected {}/{}, \
-             connection errors: {errors} ({} while measuring)",
+             max={max:.2}ms  ({} fixes in {:.1} s, {} reports timed, couriers connected {}/{} \
+             in {:.1} s, connection errors: {errors} ({} while measuring)",
             thousands(self.fixes_per_s().round() as u64),
             thousands(self.fixes_acked),
             self.elapsed_s,
             thousands(self.samples),
             self.connected,
             self.couriers,
+            self.connect_s,
             self.errors_measuring,
         );
         if let Some((first, _)) = self.errors.first() {
@@ -296,20 +308,27 @@ async fn measure(
         Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let connecting = Instant::now();
     for i in 0..args.couriers {
         let courier = format!("bench-{run_id}-{i}");
         let password = authority.map(|a| a.issue(Role::Courier, &courier));
-        let interval = (args.rate > 0).then(|| {
-            let reports_per_s = args.rate as f64 / args.fixes_per_report as f64;
-            Duration::from_secs_f64(args.couriers as f64 / reports_per_s)
-        });
+        let pace = match (args.interval_ms, args.rate) {
+            (Some(ms), _) => Pace::City { period: Duration::from_millis(ms) },
+            (None, 0) => Pace::Max,
+            (None, rate) => {
+                let reports_per_s = rate as f64 / args.fixes_per_report as f64;
+                Pace::Fixed {
+                    period: Duration::from_secs_f64(args.couriers as f64 / reports_per_s),
+                }
+            }
+        };
         tasks.push(tokio::spawn(run_courier(CourierRun {
             courier,
             password,
             mqtt: addr,
             fixes_per_report: args.fixes_per_report,
             window: args.window,
-            interval,
+            pace,
             totals: totals.clone(),
             latencies: latencies.clone(),
             stop: stop.clone(),
@@ -333,6 +352,7 @@ async fn measure(
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let connect_s = connecting.elapsed().as_secs_f64();
     let connected = totals.connected_couriers.load(Ordering::Relaxed);
     if connected == 0 {
         finish(tasks).await?;
@@ -374,6 +394,7 @@ async fn measure(
         samples: h.len(),
         couriers: args.couriers,
         connected: totals.connected_couriers.load(Ordering::Relaxed),
+        connect_s,
         errors: totals.errors(),
         errors_measuring: totals.errors_measuring.load(Ordering::Relaxed),
     })
@@ -385,10 +406,61 @@ struct CourierRun {
     mqtt: SocketAddr,
     fixes_per_report: usize,
     window: usize,
-    interval: Option<Duration>,
+    pace: Pace,
     totals: Arc<Totals>,
     latencies: Arc<Mutex<Histogram<u64>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// When a courier publishes.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Whenever its window has room.
+    Max,
+    /// Every `period`, on a shared clock (a fixed total rate).
+    Fixed { period: Duration },
+    /// Every `period` ±10%, from a random phase: a phone.
+    City { period: Duration },
+}
+
+/// Waits for a courier's next report.
+enum Pacer {
+    Max,
+    Fixed(tokio::time::Interval),
+    City { period: Duration, next: tokio::time::Instant },
+}
+
+impl Pacer {
+    /// Starts pacing now (no burst of the ticks missed while the fleet connected).
+    fn start(pace: Pace) -> Pacer {
+        let now = tokio::time::Instant::now();
+        match pace {
+            Pace::Max => Pacer::Max,
+            Pace::Fixed { period } => {
+                let mut ticker = tokio::time::interval_at(now, period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                Pacer::Fixed(ticker)
+            }
+            Pace::City { period } => {
+                Pacer::City { period, next: now + period.mul_f64(rand::random::<f64>()) }
+            }
+        }
+    }
+
+    async fn wait(&mut self) {
+        match self {
+            Pacer::Max => {}
+            Pacer::Fixed(ticker) => {
+                ticker.tick().await;
+            }
+            Pacer::City { period, next } => {
+                tokio::time::sleep_until(*next).await;
+                // A late courier does not catch up: a phone sends its next fix an interval on.
+                let from = (*next).max(tokio::time::Instant::now() - *period);
+                *next = from + period.mul_f64(0.9 + 0.2 * rand::random::<f64>());
+            }
+        }
+    }
 }
 
 /// A report published and not yet acked.
@@ -438,23 +510,18 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
         latencies: run.latencies.clone(),
     }));
 
-    let mut ticker = run.interval.map(|period| {
-        let mut t = tokio::time::interval(period);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        t
-    });
     let fixes_per_report = run.fixes_per_report as u64;
     let mut seq = 0u64;
     let mut next_ts = 0u64;
     while !run.totals.go.load(Ordering::Relaxed) && !run.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if let Some(ticker) = &mut ticker {
-        ticker.reset(); // no burst of the ticks missed while waiting
-    }
+    let mut pacer = Pacer::start(run.pace);
     'publish: while !run.stop.load(Ordering::Relaxed) && !events.is_finished() {
-        if let Some(ticker) = &mut ticker {
-            ticker.tick().await;
+        // Waits are cut into slices so a courier that sends rarely still stops with the run
+        // (`Pacer::wait` is cancel-safe: a cut wait leaves the next time as it was).
+        if tokio::time::timeout(Duration::from_millis(200), pacer.wait()).await.is_err() {
+            continue;
         }
         let Ok(permit) = tokio::time::timeout(Duration::from_millis(200), window.acquire()).await
         else {
@@ -802,6 +869,7 @@ mod tests {
             samples: 761_500,
             couriers: 100,
             connected: 99,
+            connect_s: 1.84,
             errors: vec![("Network timeout".into(), 2), ("I/O: reset".into(), 1)],
             errors_measuring: 1,
         };
@@ -811,7 +879,7 @@ mod tests {
             line.starts_with("locusd:         152,300 fixes/s  p50=0.41ms p90=0.80ms"),
             "{line}"
         );
-        assert!(line.contains("couriers connected 99/100"), "{line}");
+        assert!(line.contains("couriers connected 99/100 in 1.8 s"), "{line}");
         assert!(
             line.contains("connection errors: 3 (1 while measuring), most: Network timeout)"),
             "{line}"
@@ -829,6 +897,7 @@ mod tests {
             samples: 500_000,
             couriers: 100,
             connected: 100,
+            connect_s: 0.1,
             errors: Vec::new(),
             errors_measuring: 0,
         };

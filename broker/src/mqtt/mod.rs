@@ -23,7 +23,7 @@ use policy::{Action, TopicPolicy};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{
     AclAction, Broker, ClientIdentity, ConnectionEvent, ConnectionSettings, DisconnectReason,
-    ListenerEvent, PublishRate, RouterConfig, ServerSettings,
+    ListenerEvent, PublishRate, RouterConfig, SegmentConfig, ServerSettings,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -96,10 +96,13 @@ pub fn start(
                     name: name.to_owned(),
                     listen: listen?,
                     tls,
-                    next_connection_delay_ms: 1,
+                    // No pause between accepts: a fleet reconnecting after a blip must get
+                    // in within seconds; `max_connection_rate` is the limit that sheds load.
+                    next_connection_delay_ms: 0,
                     connections: connections.clone(),
                     max_connection_rate: (config.max_connection_rate > 0)
                         .then_some(config.max_connection_rate),
+                    connection_burst: Some(config.connection_burst),
                     listener_event_handler: None,
                 };
                 let metrics = metrics.clone();
@@ -121,12 +124,23 @@ pub fn start(
             max_outgoing_packet_count: 200,
             // The log is only a relay buffer between devices and the pipeline: committed data
             // lives in sled, and anything lost here is resent by devices (it was never acked).
-            // rumqttd counts topic + payload bytes here, while each kept publish costs several
-            // times that in memory, so a few seconds of full-speed input is plenty: 4 × 8 MiB
-            // is about 500,000 one-fix reports.
-            max_segment_size: 8 * 1024 * 1024,
+            // rumqttd counts topic + payload bytes here and keeps a full log whether or not it
+            // was read, while each kept publish costs many times its bytes in memory: hence
+            // `ingest_buffer_mib` (32 MiB is about 500,000 one-fix reports), in four segments
+            // so that dropping the oldest frees a quarter at a time.
+            max_segment_size: config.ingest_buffer_mib * 1024 * 1024 / 4,
             max_segment_count: 4,
-            custom_segment: None,
+            // A courier's acks each say all there is (the retained one is the newest), so its
+            // subscription needs no history: one segment of 1 KiB counted bytes (rumqttd's
+            // smallest), 1 to 27 acks. Each kept ack costs some 300 bytes of memory, so the
+            // default log (up to 32 MiB per courier) grew the broker by hundreds of megabytes
+            // with a fleet on, and even 2 × 1 KiB segments held about 55 acks, 170 MB for 10,000
+            // couriers. A device that falls further behind jumps to the newest ack, which covers
+            // the rest.
+            custom_segment: Some(HashMap::from([(
+                locus_sdk::topics::acks("+"),
+                SegmentConfig { max_segment_size: 1024, max_segment_count: 1 },
+            )])),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

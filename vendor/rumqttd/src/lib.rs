@@ -122,11 +122,15 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
-    /// locus patch: at most this many new connections per second on this listener (burst of
-    /// the same size). Excess connections get CONNACK "server unavailable" (3.1.1) /
-    /// "connection rate exceeded" (5) and are closed. `None`: no limit.
+    /// locus patch: at most this many new connections per second on this listener, after a
+    /// burst of `connection_burst`. Excess connections get CONNACK "server unavailable"
+    /// (3.1.1) / "connection rate exceeded" (5) and are closed. `None`: no limit.
     #[serde(default)]
     pub max_connection_rate: Option<u32>,
+    /// locus patch: connections `max_connection_rate` lets in at once (a fleet reconnecting
+    /// after a blip); `None`: the same as the rate.
+    #[serde(default)]
+    pub connection_burst: Option<u32>,
     /// locus patch: receives this listener's [`ListenerEvent`]s.
     #[serde(skip)]
     pub listener_event_handler: Option<ListenerEventHandler>,

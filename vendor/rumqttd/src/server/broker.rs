@@ -384,7 +384,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
-        let listener = TcpListener::bind(&self.config.listen).await?;
+        // locus patch: a listen backlog deep enough for a fleet reconnecting at once. tokio's
+        // `TcpListener::bind` asks for 1,024; past it the kernel drops SYNs and clients retry
+        // after 1 s, 3 s, 7 s…, which turned a storm of a few thousand CONNECTs into a minute.
+        // (The kernel caps this at `net.core.somaxconn`.)
+        let listener = bind_listener(self.config.listen)?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
@@ -394,11 +398,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             listen_addr = self.config.listen.to_string(),
             "Listening for remote connections",
         );
-        // locus patch: `max_connection_rate` (burst of the same size)
-        let mut connection_rate = self
-            .config
-            .max_connection_rate
-            .map(|rate| TokenBucket::new(rate, rate, std::time::Instant::now()));
+        // locus patch: `max_connection_rate`, after a burst of `connection_burst`
+        let burst = self.config.connection_burst;
+        let mut connection_rate = self.config.max_connection_rate.map(|rate| {
+            TokenBucket::new(rate, burst.unwrap_or(rate).max(rate), std::time::Instant::now())
+        });
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
@@ -474,7 +478,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         ))
                         .await
                 });
-                time::sleep(delay).await;
+                // locus patch: no sleep at all for a delay of 0 (a zero sleep still yields to
+                // the timer, a millisecond or more per accept on a busy thread).
+                if !delay.is_zero() {
+                    time::sleep(delay).await;
+                }
                 continue;
             }
 
@@ -542,6 +550,22 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             time::sleep(delay).await;
         }
     }
+}
+
+/// locus patch: how many connections may wait for `accept` (see `Server::start`).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`].
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server can take its port back at once.
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Configures the Websocket connection to indicate the correct protocol
