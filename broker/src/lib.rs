@@ -8,6 +8,7 @@
 //! - [`plugins`]: the WebAssembly plugin host.
 //! - [`store`]: sled trees — last locations, tracks, committed seqs, dead letters, outboxes.
 //! - [`influx`]: ships committed fixes from the outbox to InfluxDB.
+//! - [`orders`]: the order lifecycle's state machine (not wired in yet: issue #10).
 //! - [`api`]: the HTTP API (axum) over the store, plus metrics and health.
 //! - [`auth`]: courier and admin tokens.
 //! - [`tls`]: certificates for the MQTT-over-TLS and HTTPS listeners.
@@ -29,6 +30,7 @@ pub mod influx;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod orders;
 pub mod pipeline;
 pub mod plugins;
 pub mod serve;
