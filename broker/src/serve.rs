@@ -6,7 +6,9 @@
 //! Stop (the `shutdown` future; SIGINT/SIGTERM from the command line): HTTP and HTTPS stop
 //! accepting, the pipeline stops taking reports, commits, flushes and acks what it took, a last
 //! checkpoint is written, then `serve` returns. Reports still in the broker were never acked, so
-//! devices resend them.
+//! devices resend them. If the pipeline ends on its own (the embedded broker's router died), the
+//! same stop runs and `serve` returns an error, so locusd exits non-zero and its supervisor
+//! restarts it.
 
 use crate::api::{self, ApiState, HealthProbe};
 use crate::auth::TokenAuthority;
@@ -64,7 +66,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     intake = intake.with_transform(Box::new(plugins.chain()));
 
     let link = mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), metrics.clone())?;
-    let pipeline = PipelineHandle::start(intake, link)?;
+    let mut pipeline = PipelineHandle::start(intake, link)?;
+    let pipeline_ended = pipeline.ended();
 
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
 
@@ -93,7 +96,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         "locusd ready"
     );
     let http = tokio::spawn(http);
-    shutdown.await;
+    // The pipeline ends on its own only when the embedded broker's router died: then stop, with
+    // an error, so that a supervisor (systemd, Kubernetes) restarts locusd instead of it going on
+    // accepting connections and answering health checks while storing and acking nothing.
+    let failure = tokio::select! {
+        () = shutdown => None,
+        () = pipeline_ended => Some(anyhow::anyhow!(
+            "the pipeline lost its link to the embedded MQTT broker (its router stopped; see the \
+             error above): locusd stops so that it can be restarted"
+        )),
+    };
     let _ = stop_api.send(());
     http.await?;
 
@@ -108,6 +120,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
             tracing::warn!("InfluxDB shipper did not stop in 5 s; the rest stays in the outbox");
         }
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
     }
     tracing::info!("stopped cleanly");
     Ok(())

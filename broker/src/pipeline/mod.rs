@@ -501,6 +501,12 @@ fn run_intake(
                 // While the committer is still flushing earlier commits, whatever arrives
                 // meanwhile joins this one: it could not be acked sooner anyway, and one log
                 // entry per flush keeps the cost per fix low at any load.
+                // rumqttd reports a closed link as a "timeout" too: its router is gone (it
+                // panicked), so nothing will ever arrive and no ack can leave.
+                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Disconnected)) => {
+                    tracing::error!("lost the link to the embedded broker: its router stopped");
+                    return;
+                }
                 Ok(None) | Err(LinkError::RecvTimeout(_))
                     if !publishes.is_empty() && flushing.load(Ordering::Acquire) > 0 =>
                 {
@@ -618,6 +624,8 @@ pub struct PipelineHandle {
     stop: Arc<AtomicBool>,
     intake: std::thread::JoinHandle<()>,
     committer: std::thread::JoinHandle<()>,
+    /// Sent to when the intake stops, whatever the reason.
+    intake_ended: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl PipelineHandle {
@@ -634,13 +642,32 @@ impl PipelineHandle {
         // Commits handed to the committer and not flushed yet.
         let flushing = Arc::new(AtomicUsize::new(0));
         let committer_flushing = flushing.clone();
-        let intake = std::thread::Builder::new()
-            .name("pipeline-intake".into())
-            .spawn(move || run_intake(intake, rx, to_committer, flushing, intake_stop))?;
+        let (ended, intake_ended) = tokio::sync::oneshot::channel();
+        let intake =
+            std::thread::Builder::new().name("pipeline-intake".into()).spawn(move || {
+                run_intake(intake, rx, to_committer, flushing, intake_stop);
+                let _ = ended.send(());
+            })?;
         let committer = std::thread::Builder::new()
             .name("pipeline-commit".into())
             .spawn(move || run_committer(store, tx, from_intake, committer_flushing, metrics))?;
-        Ok(PipelineHandle { stop, intake, committer })
+        Ok(PipelineHandle { stop, intake, committer, intake_ended: Some(intake_ended) })
+    }
+
+    /// Resolves when the pipeline stops taking reports: after [`PipelineHandle::shutdown`], or
+    /// on its own when its link to the broker is lost (the broker's router died). A server must
+    /// not go on without it: it would accept connections and answer health checks while
+    /// nothing is stored or acked. Only the first call's future resolves.
+    pub fn ended(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ended = self.intake_ended.take();
+        async move {
+            match ended {
+                Some(ended) => {
+                    let _ = ended.await;
+                }
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Stops taking reports, commits and acks everything taken, and returns when done.
@@ -657,6 +684,47 @@ impl PipelineHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real rumqttd router that dies (a segment under its 1 KiB minimum makes it panic when
+    /// the filter's log is created): the pipeline notices the lost link and says it ended,
+    /// instead of polling a dead link forever while locusd looks healthy.
+    #[test]
+    fn the_pipeline_ends_when_the_brokers_router_dies() {
+        use rumqttd::{RouterConfig, SegmentConfig};
+        let router = RouterConfig {
+            max_connections: 10,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1 << 20,
+            max_segment_count: 2,
+            custom_segment: Some(HashMap::from([(
+                "boom/+".to_owned(),
+                SegmentConfig { max_segment_size: 100, max_segment_count: 1 },
+            )])),
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        };
+        let broker = rumqttd::Broker::new(rumqttd::Config { router, ..Default::default() });
+        let (mut tx, rx) = broker.link(crate::mqtt::PIPELINE_CLIENT_ID).unwrap();
+        tx.subscribe(locus_sdk::topics::locations("+")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let intake = Intake::new(PipelineConfig::default(), store, Arc::new(Metrics::new()));
+        let mut pipeline = PipelineHandle::start(intake, BrokerLink { tx, rx }).unwrap();
+        let mut ended = Box::pin(pipeline.ended());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let mut wait =
+            |limit| runtime.block_on(async { tokio::time::timeout(limit, &mut ended).await });
+        let early = wait(Duration::from_millis(300));
+        assert!(early.is_err(), "the pipeline ended while its broker was alive");
+
+        let (mut trigger, _trigger_rx) = broker.link("trigger").unwrap();
+        trigger.subscribe("boom/x").unwrap();
+        assert!(
+            wait(Duration::from_secs(10)).is_ok(),
+            "the router died and the pipeline did not notice in 10 s"
+        );
+        pipeline.shutdown();
+    }
 
     #[test]
     fn bad_fixes_are_refused_one_letter_per_reason_holding_the_payload_as_received() {
