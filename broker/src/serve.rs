@@ -64,6 +64,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
 
     let plugins = plugins::start(&config.plugins, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
+    let (intake, orders) = intake.with_order_desk();
 
     let link = mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), metrics.clone())?;
     let mut pipeline = PipelineHandle::start(intake, link)?;
@@ -78,6 +79,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         max_page: config.http.max_page,
         health,
         plugins,
+        orders,
     };
     // The API stops on `shutdown`; everything else stops after it, in order.
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -82,6 +82,9 @@ const READ: Access = Access::Token(&[R(Role::Admin), R(Role::Reader)]);
 /// Merchants read orders too: there is no order → merchant link yet to narrow it to their own.
 const ORDER_READ: Access =
     Access::Token(&[R(Role::Admin), R(Role::Reader), R(Role::Merchant), OrderInPath]);
+const ORDERS_LIST: Access = Access::Token(&[R(Role::Admin), R(Role::Reader), R(Role::Merchant)]);
+/// Merchants (and operators) move orders along; couriers do it over MQTT.
+const ORDER_WRITE: Access = Access::Token(&[R(Role::Admin), R(Role::Merchant)]);
 // Courier tokens are for MQTT: no route grants `courier`.
 
 /// Every route of the API and who may use it (also the README's HTTP API table).
@@ -94,6 +97,9 @@ pub static ROUTES: &[Route] = &[
     Route { method: Method::GET, path: "/v1/couriers/{id}/location", access: READ, handler: |m| on(m, super::courier_location) },
     Route { method: Method::GET, path: "/v1/couriers/{id}/track", access: READ, handler: |m| on(m, super::courier_track) },
     // Orders: readers, merchants, and the order's own token.
+    Route { method: Method::GET, path: "/v1/orders", access: ORDERS_LIST, handler: |m| on(m, super::orders::list) },
+    Route { method: Method::GET, path: "/v1/orders/{id}", access: ORDER_READ, handler: |m| on(m, super::orders::show) },
+    Route { method: Method::POST, path: "/v1/orders/{id}/events", access: ORDER_WRITE, handler: |m| on(m, super::orders::post_event) },
     Route { method: Method::GET, path: "/v1/orders/{id}/location", access: ORDER_READ, handler: |m| on(m, super::order_location) },
     // Operations: admin.
     Route { method: Method::GET, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters) },
@@ -147,6 +153,8 @@ pub(super) async fn authorize(
     let id_in_path =
         params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == "id")).map(|(_, v)| v);
     if grants.iter().any(|grant| grant.allows(&claims, id_in_path)) {
+        // Handlers that record who did something (order events) read the claims.
+        parts.extensions.insert(claims);
         return next.run(Request::from_parts(parts, body)).await;
     }
     forbidden(grants, &claims)

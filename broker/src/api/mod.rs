@@ -1,11 +1,14 @@
 //! The HTTP API (axum).
 //!
-//! Enters: HTTP requests. Leaves: JSON read from the [`Store`], Prometheus text, health.
+//! Enters: HTTP requests. Leaves: JSON read from the [`Store`], Prometheus text, health; order
+//! events, handed to the pipeline's order desk ([`orders`]).
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /v1/couriers/{id}/location` | last location of a courier |
 //! | `GET /v1/couriers/{id}/track?since=&until=&limit=` | recent track (device time, ms) |
+//! | `POST /v1/orders/{id}/events` | an order event, answered once durable (409: not allowed now) |
+//! | `GET /v1/orders/{id}`, `GET /v1/orders?state=&courier=&limit=` | orders with their timelines |
 //! | `GET /v1/orders/{id}/location` | last location of an order, with its courier |
 //! | `GET /v1/dead-letters?after=&limit=` | dead letters, oldest first, paged by id |
 //! | `PUT /v1/plugins/{name}` | deploy a plugin (body: the component; settings: JSON in the `Locus-Plugin-Settings` header) |
@@ -21,6 +24,7 @@
 pub mod access;
 mod config;
 mod json;
+mod orders;
 mod plugins;
 pub mod server;
 mod start;
@@ -59,6 +63,8 @@ pub struct ApiState {
     pub health: Vec<HealthProbe>,
     /// The deployed plugins.
     pub plugins: Arc<crate::plugins::PluginRegistry>,
+    /// Where order events go into the pipeline.
+    pub orders: crate::pipeline::OrderDesk,
 }
 
 /// An error answer: a status and a message, as JSON.

@@ -116,6 +116,7 @@ impl Outbox {
             LogEntry::LegacyLines(lines) => {
                 lines_of(lines).next().and_then(line_protocol::received_ms_of_line)
             }
+            LogEntry::Orders(record) => Some(record.received_ms),
         }))
     }
 
@@ -145,6 +146,8 @@ impl Outbox {
                     value.into_bytes()
                 }
                 LogEntry::LegacyLines(lines) => lines,
+                // Order events are not time series: nothing to ship.
+                LogEntry::Orders(_) => Vec::new(),
             };
             if lines == 0 {
                 empty.push((id, 0));

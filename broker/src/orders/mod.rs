@@ -5,12 +5,11 @@
 //! state and whether the event changed it ([`Applied`]), or why it was refused
 //! ([`Refusal`], which names the order's current status).
 //!
-//! Today this is the state machine alone (GitHub issue #10): nothing feeds it events yet. The
-//! plan, in ARCHITECTURE.md ("Orders"), puts it behind the intake: events from HTTP and from
-//! couriers' `couriers/{id}/events` are checked here by the one thread that writes the commit
-//! log, written to the log with the fixes, and applied to a view of orders like the couriers'
-//! last locations, so an event, the location it gates and the notifications it causes are
-//! never half-applied.
+//! The intake (the one thread that writes the commit log) checks every event here before it
+//! writes it (`pipeline::order_desk`), and the store applies the logged events to its orders
+//! view the same way, live and on replay. Events come from the HTTP API today; couriers'
+//! `couriers/{id}/events` and notifications are still to come (GitHub issue #10, and
+//! ARCHITECTURE.md, "Orders").
 //!
 //! The rules, [`Order::apply`]:
 //!

@@ -15,9 +15,11 @@
 //! code, counted in `locus_dead_letters_total{reason}`.
 
 pub mod config;
+mod order_desk;
 pub mod validate;
 
 pub use config::PipelineConfig;
+pub use order_desk::{OrderAnswer, OrderDesk, OrderRefused};
 pub use validate::{FixProblem, ReportProblem};
 
 use crate::influx::Outbox;
@@ -112,6 +114,8 @@ struct PendingAcks {
     reports: u64,
     fixes: u64,
     acks: HashMap<String, u64>,
+    /// Answers to order events from the API.
+    order_answers: order_desk::OwedAnswers,
 }
 
 /// What one batch knows of a courier while it is being built: its committed seqs with this
@@ -133,6 +137,7 @@ pub struct Intake {
     metrics: Arc<Metrics>,
     transform: Option<Box<dyn FixTransform>>,
     influx: Option<Outbox>,
+    orders: Option<mpsc::Receiver<order_desk::OrderRequest>>,
 }
 
 /// What one call of [`Intake::build`] produced.
@@ -155,7 +160,38 @@ struct Building {
 impl Intake {
     /// A new intake stage over `store`.
     pub fn new(config: PipelineConfig, store: Store, metrics: Arc<Metrics>) -> Intake {
-        Intake { config, store, metrics, transform: None, influx: None }
+        Intake { config, store, metrics, transform: None, influx: None, orders: None }
+    }
+
+    /// Takes order events from the API too: the desk is where the API hands them over.
+    pub fn with_order_desk(mut self) -> (Intake, OrderDesk) {
+        let (desk, from_api) = OrderDesk::new();
+        self.orders = Some(from_api);
+        (self, desk)
+    }
+
+    /// Checks and writes the order events waiting at the desk; the answers owed once they are
+    /// durable (`None` when none waited).
+    fn take_order_events(&mut self) -> Option<PendingAcks> {
+        let from_api = self.orders.as_ref()?;
+        let (record, mut order_answers) = order_desk::take_waiting(from_api, &self.store, now_ms());
+        if order_answers.is_empty() {
+            return None;
+        }
+        if let Err(e) = self.store.commit_orders(record) {
+            tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
+            for (answer, _) in order_answers.drain(..) {
+                let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
+            }
+            return None;
+        }
+        Some(PendingAcks {
+            first_received: Instant::now(),
+            reports: 0,
+            fixes: 0,
+            acks: HashMap::new(),
+            order_answers,
+        })
     }
 
     /// Puts a transform (the plugin chain) between validation and commit.
@@ -454,6 +490,14 @@ fn run_intake(
     let mut publishes: Vec<(Bytes, Bytes)> = Vec::with_capacity(max_batch);
     let mut paused = false;
     while !stop.load(Ordering::Relaxed) {
+        // Order events first, and even while reports are held back below: they add nothing
+        // to the InfluxDB outbox, and a merchant waits for the answer.
+        if let Some(pending) = intake.take_order_events() {
+            flushing.fetch_add(1, Ordering::AcqRel);
+            if to_committer.send(pending).is_err() {
+                return;
+            }
+        }
         if let Some(outbox) = &intake.influx {
             let full = outbox.at_limit();
             if full != paused {
@@ -539,7 +583,8 @@ fn run_intake(
             tracing::error!(error = %e, "cannot write the commit; not acked, devices will resend");
             continue;
         }
-        let pending = PendingAcks { first_received, reports, fixes, acks };
+        let pending =
+            PendingAcks { first_received, reports, fixes, acks, order_answers: Vec::new() };
         flushing.fetch_add(1, Ordering::AcqRel);
         if to_committer.send(pending).is_err() {
             return;
@@ -572,14 +617,27 @@ fn run_committer(
         if let Err(e) = flushed {
             // Not durable, so not acked; devices resend. sled errors here are I/O failures.
             tracing::error!(error = %e, "flush failed; acks withheld");
+            for pending in group {
+                for (answer, _) in pending.order_answers {
+                    let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
+                }
+            }
             continue;
         }
         let mut acks: HashMap<String, u64> = HashMap::new();
-        for pending in &group {
-            metrics.reports_committed.inc_by(pending.reports);
-            metrics.fixes_committed.inc_by(pending.fixes);
-            metrics.commit_batch_reports.observe(pending.reports as f64);
-            metrics.commit_latency_seconds.observe(pending.first_received.elapsed().as_secs_f64());
+        for pending in &mut group {
+            for (answer, answered) in pending.order_answers.drain(..) {
+                let _ = answer.send(answered);
+            }
+            // A commit of order events alone is not a batch of reports.
+            let of_reports = pending.reports > 0 || pending.fixes > 0 || !pending.acks.is_empty();
+            if of_reports {
+                metrics.reports_committed.inc_by(pending.reports);
+                metrics.fixes_committed.inc_by(pending.fixes);
+                metrics.commit_batch_reports.observe(pending.reports as f64);
+                let latency = pending.first_received.elapsed().as_secs_f64();
+                metrics.commit_latency_seconds.observe(latency);
+            }
             for (courier, seq) in &pending.acks {
                 let entry = acks.entry(courier.clone()).or_default();
                 *entry = (*entry).max(*seq);

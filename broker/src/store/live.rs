@@ -3,10 +3,11 @@
 //! track blocks. The intake applies each log entry to it right after writing the entry; the
 //! checkpoint copies what changed into sled.
 
-use super::log::CommitRecord;
+use super::log::{CommitRecord, OrderRecord};
 use super::seqs::SeqWindow;
 use super::track::OpenTracks;
 use super::StoredFix;
+use crate::orders::{Applied, Order};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
@@ -35,6 +36,10 @@ pub(super) struct Live {
     /// Orders being written by a checkpoint in progress (still read from here until it ends).
     pub(super) orders_checkpointing: HashMap<String, (String, StoredFix)>,
     pub(super) tracks: OpenTracks,
+    /// Every order's lifecycle (loaded from the `orders` tree, then kept up by the log).
+    pub(super) order_states: HashMap<String, Order>,
+    /// Orders whose lifecycle changed since the last checkpoint.
+    pub(super) orders_dirty: HashSet<String>,
     /// The newest log entry applied.
     pub(super) applied_through: u64,
     /// Couriers with fixes since the last prune (only their tracks can have outgrown it).
@@ -91,6 +96,31 @@ impl Live {
             }
             if !in_written_track(courier, ts) {
                 self.tracks.add(courier, stored);
+            }
+        }
+        self.applied_through = self.applied_through.max(id);
+    }
+
+    /// Applies log entry `id` of order events. They were checked when the intake took them, so
+    /// a refusal here means the log and the view disagree: it is logged and skipped.
+    pub(super) fn apply_orders(&mut self, id: u64, record: OrderRecord) {
+        for logged in record.events {
+            let source = logged.source();
+            let applied = match self.order_states.get_mut(&logged.order) {
+                Some(order) => order.apply(logged.event.clone(), source),
+                None => Order::place(&logged.order, logged.event.clone(), source).map(|order| {
+                    self.order_states.insert(logged.order.clone(), order);
+                    Applied::Changed { kind: logged.event.kind }
+                }),
+            };
+            match applied {
+                Ok(Applied::Changed { .. }) => {
+                    self.orders_dirty.insert(logged.order);
+                }
+                Ok(Applied::Duplicate) => {}
+                Err(refusal) => {
+                    tracing::warn!(log_entry = id, %refusal, "order event in the log skipped")
+                }
             }
         }
         self.applied_through = self.applied_through.max(id);

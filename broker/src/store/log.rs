@@ -6,6 +6,7 @@
 //! read it from their cursors; entries every view has passed are removed.
 
 use super::{decode, encode, StoreError, StoredFix};
+use crate::orders::{EventSource, OrderEvent};
 use locus_sdk::wire::Fix;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,35 @@ pub enum LogEntry {
     /// InfluxDB line-protocol lines (newline-separated) left in the outbox of a data dir from
     /// an older release; only the shipper reads them.
     LegacyLines(Vec<u8>),
+    /// Order events the intake accepted (checked against the orders view), in order.
+    Orders(OrderRecord),
+}
+
+/// What one commit of order events adds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// Server time the events were taken in, Unix milliseconds.
+    pub received_ms: u64,
+    /// The events, each with its order and where it came from.
+    pub events: Vec<LoggedOrderEvent>,
+}
+
+/// An accepted order event in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedOrderEvent {
+    /// The order.
+    pub order: String,
+    /// The event.
+    pub event: OrderEvent,
+    /// The courier that sent it over MQTT; `None` for the API.
+    pub from_courier: Option<String>,
+}
+
+impl LoggedOrderEvent {
+    /// Where the event came from.
+    pub fn source(&self) -> EventSource<'_> {
+        self.from_courier.as_deref().map_or(EventSource::Api, EventSource::Courier)
+    }
 }
 
 /// What one commit adds: the reports taken (their seqs) and their fixes.
@@ -129,6 +159,7 @@ impl LogEntry {
             LogEntry::LegacyLines(lines) => {
                 1 + lines.iter().filter(|&&b| b == b'\n').count() as u64
             }
+            LogEntry::Orders(_) => 0,
         }
     }
 

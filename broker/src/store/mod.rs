@@ -7,7 +7,8 @@
 //!
 //! The write path is one sled value per commit, because sled costs about 10 µs per key
 //! written: written as a log it costs about 1 µs per fix, written as an index 10–20 µs.
-//! - [`log`] (tree `log`): the [`LogEntry`] of every commit — the reports' seqs and fixes —
+//! - [`log`] (tree `log`): the [`LogEntry`] of every commit — the reports' seqs and fixes, or
+//!   order events the intake accepted ([`Store::commit_orders`]) —
 //!   written in one step, together with the commit's dead letters and replay progress when it
 //!   has any (one transaction). It is what an ack promises: the pipeline acks only after
 //!   [`Store::flush`] made it durable.
@@ -15,8 +16,10 @@
 //!   - live state ([`live`], in memory): every courier's committed seqs ([`seqs`]) and last
 //!     location, the last locations of orders, and the open [`track`] blocks. The intake
 //!     applies each entry right after writing it, so reads see a fix once its entry exists.
+//!   - the orders view (in memory with the live state): every order's lifecycle
+//!     ([`crate::orders::Order`]).
 //!   - the checkpoint ([`Store::checkpoint`], every `[store] checkpoint_interval_ms`): what
-//!     changed in the live state goes to trees `courier_state`, `order_location` and
+//!     changed in the live state goes to trees `courier_state`, `order_location`, `orders` and
 //!     `track_blocks`, then the views' cursor. Recovery replays the log after that cursor: its
 //!     time is bounded by the interval, not by the store's size. The checkpoint is plain
 //!     inserts, not a transaction (sled's batches and transactions stop every other write in
@@ -45,10 +48,11 @@ pub mod track;
 
 pub use config::{DeadLetterConfig, StoreConfig, TrackConfig};
 pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
-pub use log::{CommitRecord, LogEntry, LoggedFix, RecordBuilder};
+pub use log::{CommitRecord, LogEntry, LoggedFix, LoggedOrderEvent, OrderRecord, RecordBuilder};
 pub use records::StoredFix;
 pub use seqs::{SeqTake, SeqWindow};
 
+use crate::orders::Order;
 use live::{CourierRecord, Live};
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -134,6 +138,7 @@ struct Inner {
     log: sled::Tree,
     courier_state: sled::Tree,
     order_location: sled::Tree,
+    orders: sled::Tree,
     track: sled::Tree,
     dead_letters: sled::Tree,
     replay_progress: sled::Tree,
@@ -235,6 +240,9 @@ pub const FULL_PRUNE_EVERY: u64 = 60;
 /// The plugin registry's tree.
 const PLUGINS_TREE: &str = "plugins";
 
+/// Order id → [`Order`] (its lifecycle), as of the last checkpoint.
+const ORDERS_TREE: &str = "orders";
+
 const FORMAT: u64 = 2;
 const META_FORMAT: &[u8] = b"format";
 const META_VIEWS_CURSOR: &[u8] = b"views_cursor";
@@ -305,6 +313,12 @@ impl Store {
         live.applied_through = views_cursor;
         live.tracks = track::OpenTracks::new(meta_u64(&meta, META_NEXT_BLOCK_ID)?.unwrap_or(1));
         let order_location = db.open_tree("order_location")?;
+        let orders = db.open_tree(ORDERS_TREE)?;
+        for entry in orders.iter() {
+            let (_, value) = entry?;
+            let order: Order = decode(ORDERS_TREE, &value)?;
+            live.order_states.insert(order.id.clone(), order);
+        }
         let replayed =
             replay(&log, &track, &order_location, &mut live, views_cursor, checkpoint_to)?;
         if replayed > 0 {
@@ -331,6 +345,7 @@ impl Store {
                 log,
                 courier_state,
                 order_location,
+                orders,
                 track,
                 replay_progress: db.open_tree("replay_progress")?,
                 dead_letters,
@@ -430,6 +445,36 @@ impl Store {
         Ok(id)
     }
 
+    /// Writes order events the intake accepted as one log entry and applies them to the orders
+    /// view. Not yet durable: see [`Store::flush`].
+    pub fn commit_orders(&self, record: OrderRecord) -> Result<(), StoreError> {
+        if record.events.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let id = inner.next_log_id.load(Ordering::Relaxed);
+        let entry = LogEntry::Orders(record);
+        inner.log.insert(log::key(id), entry.encode())?;
+        inner.next_log_id.store(id + 1, Ordering::Relaxed);
+        if let LogEntry::Orders(record) = entry {
+            self.live_mut().apply_orders(id, record);
+        }
+        Ok(())
+    }
+
+    /// An order's lifecycle, as committed so far.
+    pub fn order(&self, order: &str) -> Option<Order> {
+        self.live().order_states.get(order).cloned()
+    }
+
+    /// Orders that `wanted` picks, up to `limit`, by id.
+    pub fn orders(&self, wanted: impl Fn(&Order) -> bool, limit: usize) -> Vec<Order> {
+        let live = self.live();
+        let mut found: Vec<&Order> = live.order_states.values().filter(|o| wanted(o)).collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.into_iter().take(limit).cloned().collect()
+    }
+
     /// Makes everything committed so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         let ticket = self.inner.flushes_begun.fetch_add(1, Ordering::AcqRel) + 1;
@@ -462,7 +507,7 @@ impl Store {
     ) -> Result<CheckpointStats, StoreError> {
         let inner = &self.inner;
         let mut previous = inner.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
-        let (couriers, orders, blocks, cursor, next_block_id) = {
+        let (couriers, orders, lifecycles, blocks, cursor, next_block_id) = {
             let mut live = self.live_mut();
             let couriers: Vec<(String, Vec<u8>)> = live
                 .couriers
@@ -478,7 +523,13 @@ impl Store {
                 orders.iter().map(|(order, value)| (order.clone(), encode(value))).collect();
             live.orders_checkpointing = orders;
             let blocks = live.tracks.checkpoint_writes();
-            (couriers, encoded, blocks, live.applied_through, live.tracks.next_block_id())
+            let dirty = std::mem::take(&mut live.orders_dirty);
+            let lifecycles: Vec<(String, Vec<u8>)> = dirty
+                .into_iter()
+                .filter_map(|id| live.order_states.get(&id).map(|order| (id, encode(order))))
+                .collect();
+            let cursor = live.applied_through;
+            (couriers, encoded, lifecycles, blocks, cursor, live.tracks.next_block_id())
         };
         // Plain inserts, not one transaction: a sled batch or transaction holds a lock that
         // stops every other write in the process (the committer's log entries, so the acks)
@@ -503,6 +554,9 @@ impl Store {
             for (order, value) in &orders {
                 write(&inner.order_location, order.as_bytes(), value)?;
             }
+            for (order, value) in &lifecycles {
+                write(&inner.orders, order.as_bytes(), value)?;
+            }
             for block in &blocks {
                 write(&inner.track, &block.key, &block.value)?;
             }
@@ -523,6 +577,7 @@ impl Store {
                     for (order, value) in checkpointed {
                         live.orders.entry(order).or_insert(value);
                     }
+                    live.orders_dirty.extend(lifecycles.iter().map(|(order, _)| order.clone()));
                     live.tracks.unwritten();
                 }
             }
@@ -795,16 +850,23 @@ fn replay(
     for entry in log.range(log::key(views_cursor + 1)..) {
         let (key, value) = entry?;
         let id = log::id_of(&key);
-        if let LogEntry::Commit(record) = LogEntry::decode(&value)? {
-            let maybe_written = id <= checkpoint_to;
-            live.apply(
-                id,
-                record,
-                |order| stored_order(order_location, order),
-                |courier, ts| {
-                    maybe_written && written.get(courier).is_some_and(|times| times.contains(&ts))
-                },
-            );
+        match LogEntry::decode(&value)? {
+            LogEntry::Commit(record) => {
+                let maybe_written = id <= checkpoint_to;
+                live.apply(
+                    id,
+                    record,
+                    |order| stored_order(order_location, order),
+                    |courier, ts| {
+                        maybe_written
+                            && written.get(courier).is_some_and(|times| times.contains(&ts))
+                    },
+                );
+            }
+            // An order checkpointed halfway already holds some of these events: they are
+            // duplicates by event id and change nothing.
+            LogEntry::Orders(record) => live.apply_orders(id, record),
+            LogEntry::LegacyLines(_) => {}
         }
         live.applied_through = id;
         replayed += 1;

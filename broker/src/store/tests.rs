@@ -217,3 +217,59 @@ fn a_checkpoint_cut_off_halfway_is_completed_by_the_replay_without_doubling_the_
     }
     assert!(writes_before_the_crash >= 6, "the checkpoint has a write per courier, order, block");
 }
+
+/// Order events as the intake logs them: `(order, event id, kind, courier)`.
+fn order_events(events: &[(&str, &str, crate::orders::EventKind, Option<&str>)]) -> OrderRecord {
+    let events = events
+        .iter()
+        .map(|&(order, id, kind, courier)| LoggedOrderEvent {
+            order: order.to_owned(),
+            event: crate::orders::OrderEvent {
+                event_id: id.to_owned(),
+                kind,
+                at_ms: 1,
+                actor: "merchant:m1".to_owned(),
+                courier: courier.map(str::to_owned),
+                details: None,
+            },
+            from_courier: None,
+        })
+        .collect();
+    OrderRecord { received_ms: 1, events }
+}
+
+#[test]
+fn order_lifecycles_survive_a_reopen_with_and_without_a_checkpoint() {
+    use crate::orders::{EventKind::*, Status};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .commit_orders(order_events(&[
+            ("o1", "e1", Placed, None),
+            ("o1", "e2", Assigned, Some("c1")),
+            ("o2", "e1", Placed, None),
+        ]))
+        .unwrap();
+    store.checkpoint().unwrap();
+    // After the checkpoint: only in the log.
+    store.commit_orders(order_events(&[("o1", "e3", Ready, None)])).unwrap();
+    store.commit(reports("c1", &[1])).unwrap();
+    store.flush().unwrap();
+    let active = |store: &Store| store.orders(|o| !o.status.is_ended(), 10);
+    assert_eq!(active(&store).len(), 2);
+    drop(store);
+
+    let store = reopen(dir.path(), StoreOptions::default());
+    let o1 = store.order("o1").expect("o1 after reopen");
+    assert_eq!(o1.status, Status::Assigned);
+    assert!(o1.ready, "the event after the checkpoint was replayed");
+    assert_eq!(o1.courier.as_deref(), Some("c1"));
+    assert_eq!(o1.timeline.len(), 3);
+    assert_eq!(store.order("o2").map(|o| o.status), Some(Status::Placed));
+    assert_eq!(store.seq_window("c1").watermark(), 1, "fixes and order events share the log");
+    store.checkpoint().unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = reopen(dir.path(), StoreOptions::default());
+    assert_eq!(store.order("o1").unwrap().timeline.len(), 3, "no event applied twice");
+}

@@ -1,0 +1,177 @@
+//! Order routes: `POST /v1/orders/{id}/events`, `GET /v1/orders/{id}`, `GET /v1/orders`.
+//!
+//! An event goes through the pipeline's [`OrderDesk`] (the intake checks it and writes it to the
+//! commit log) and is answered once it is durable: 200 with the order, or 409 with the
+//! refusal, which names the order's current status.
+
+use super::{check_id, ApiError, ApiState, FixView};
+use crate::auth::Claims;
+use crate::orders::{Applied, EventKind, Order, OrderEvent, Refusal, Status};
+use crate::pipeline::{now_ms, OrderRefused};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+/// The body of `POST /v1/orders/{id}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    /// `placed`, `ready`, `assigned`, `picked_up`, `delivered`, `cancelled` or `feedback`.
+    event: EventKind,
+    /// The sender's id for the event; resending it is harmless. Given one if absent.
+    event_id: Option<String>,
+    /// When it happened, Unix milliseconds; now if absent.
+    at_ms: Option<u64>,
+    /// The courier, for `assigned`.
+    courier: Option<String>,
+    /// Free-form JSON (items and address for `placed`, the customer's words for `feedback`),
+    /// kept byte for byte.
+    details: Option<Box<RawValue>>,
+}
+
+pub(super) async fn post_event(
+    State(state): State<ApiState>,
+    Path(order): Path<String>,
+    claims: Option<Extension<Claims>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_id("order", &order)?;
+    let body: EventBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid order event: {e}")))?;
+    let event_id = match body.event_id {
+        Some(id) => {
+            check_id("event", &id)?;
+            id
+        }
+        None => format!("{:032x}", rand::random::<u128>()),
+    };
+    if let Some(courier) = &body.courier {
+        check_id("courier", courier)?;
+    }
+    if body.courier.is_some() && body.event != EventKind::Assigned {
+        return Err(ApiError::bad_request(format!(
+            "`courier` belongs to `assigned` events, not `{}`",
+            body.event
+        )));
+    }
+    let actor = match claims {
+        Some(Extension(claims)) => format!("{}:{}", claims.role.as_str(), claims.subject),
+        None => "anonymous".to_owned(),
+    };
+    let event = OrderEvent {
+        event_id: event_id.clone(),
+        kind: body.event,
+        at_ms: body.at_ms.unwrap_or_else(now_ms),
+        actor,
+        courier: body.courier,
+        details: body.details.map(|raw| raw.get().to_owned()),
+    };
+    let answer = state.orders.submit(order.clone(), event).await;
+    match answer {
+        Ok((applied, after)) => Ok(Json(json!({
+            "applied": matches!(applied, Applied::Changed { .. }),
+            "event_id": event_id,
+            "order": order_view(&state, &after)?,
+        }))),
+        Err(OrderRefused::Refused(refusal @ Refusal::UnknownOrder { .. })) => {
+            Err(ApiError::not_found(refusal.to_string()))
+        }
+        Err(OrderRefused::Refused(refusal)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, refusal.to_string()))
+        }
+        Err(unavailable @ OrderRefused::Unavailable(_)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string()))
+        }
+    }
+}
+
+pub(super) async fn show(
+    State(state): State<ApiState>,
+    Path(order): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_id("order", &order)?;
+    let found = state
+        .store
+        .order(&order)
+        .ok_or_else(|| ApiError::not_found(format!("no order {order}")))?;
+    Ok(Json(order_view(&state, &found)?))
+}
+
+/// The query of `GET /v1/orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// `active` (not delivered or cancelled), `ended`, or one status (`picked_up`, ...).
+    state: Option<String>,
+    /// Only this courier's orders.
+    courier: Option<String>,
+    /// At most this many (default and maximum: `[http] max_page`).
+    limit: Option<usize>,
+}
+
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let wanted_state: Box<dyn Fn(&Order) -> bool + Send> = match query.state.as_deref() {
+        None => Box::new(|_| true),
+        Some("active") => Box::new(|o| !o.status.is_ended()),
+        Some("ended") => Box::new(|o| o.status.is_ended()),
+        Some(name) => {
+            let status: Status = serde_json::from_value(json!(name)).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid state {name:?}: use active, ended, placed, ready, assigned, \
+                     picked_up, delivered or cancelled"
+                ))
+            })?;
+            Box::new(move |o| o.status == status)
+        }
+    };
+    if let Some(courier) = &query.courier {
+        check_id("courier", courier)?;
+    }
+    let limit = query.limit.unwrap_or(state.max_page).min(state.max_page);
+    let orders = state.store.orders(
+        |o| wanted_state(o) && query.courier.as_ref().is_none_or(|c| o.courier.as_ref() == Some(c)),
+        limit,
+    );
+    let views = orders.iter().map(|o| order_view(&state, o)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "orders": views })))
+}
+
+/// An order as the API shows it: its lifecycle and its last location.
+fn order_view(state: &ApiState, order: &Order) -> Result<Value, ApiError> {
+    let location = state.store.order_location(&order.id)?;
+    let timeline: Vec<Value> = order
+        .timeline
+        .iter()
+        .map(|event| {
+            let mut view = json!({
+                "event_id": event.event_id,
+                "event": event.kind,
+                "at_ms": event.at_ms,
+                "actor": event.actor,
+            });
+            if let Some(courier) = &event.courier {
+                view["courier"] = json!(courier);
+            }
+            if let Some(details) = &event.details {
+                // Stored as given, so it parses; should it not, it is shown as text.
+                view["details"] = serde_json::from_str(details).unwrap_or_else(|_| json!(details));
+            }
+            view
+        })
+        .collect();
+    Ok(json!({
+        "order": order.id,
+        "status": order.status,
+        "ready": order.ready,
+        "courier": order.courier,
+        "timeline": timeline,
+        "location": location.map(|(courier, fix)| FixView::new(&courier, &fix)),
+    }))
+}

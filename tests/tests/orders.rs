@@ -1,0 +1,109 @@
+//! Orders over the HTTP API against a real locusd: the lifecycle, refusals that name the
+//! current status, resent event ids, who may send events, and the lifecycle surviving kill -9.
+
+use locus_tests::LocusServer;
+use serde_json::{json, Value};
+
+/// POSTs an order event with `token`; the status and the JSON body.
+fn post_event(server: &LocusServer, token: &str, order: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(server.url(&format!("/v1/orders/{order}/events")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .expect("POST order event");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn an_order_goes_through_its_lifecycle_over_http_and_survives_kill_9() {
+    let mut server = LocusServer::start();
+    let merchant = server.token_command(&["issue", "--role", "merchant", "bakery"]);
+    let event = |server: &LocusServer, body: Value| post_event(server, &merchant, "o1", body);
+
+    let details = r#"{"items":["cake"],"address":"Carrer 1","z":1,"a":2}"#;
+    let placed = json!({
+        "event": "placed",
+        "event_id": "p1",
+        "at_ms": 1_000,
+        "details": serde_json::from_str::<Value>(details).unwrap(),
+    });
+    let (status, body) = event(&server, placed.clone());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"], true);
+    assert_eq!(body["order"]["status"], "placed");
+    assert_eq!(body["order"]["timeline"][0]["actor"], "merchant:bakery");
+
+    // Assigned before the maker is done: allowed, but no pickup yet.
+    let (status, body) = event(&server, json!({"event": "assigned", "courier": "c1"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["order"]["courier"], "c1");
+    let generated = body["event_id"].as_str().expect("an event id is given").to_owned();
+    assert_eq!(generated.len(), 32);
+    let (status, body) = event(&server, json!({"event": "picked_up", "event_id": "u1"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        "cannot apply `picked_up` to order o1: it is assigned; the maker has not made it yet"
+    );
+
+    // A resent event id is answered again and changes nothing.
+    let (status, body) = event(&server, placed);
+    assert_eq!((status, &body["applied"]), (200, &json!(false)), "{body}");
+    assert_eq!(body["order"]["status"], "assigned");
+
+    for (id, kind) in [("r1", "ready"), ("u1", "picked_up"), ("d1", "delivered")] {
+        let (status, body) = event(&server, json!({"event": kind, "event_id": id}));
+        assert_eq!(status, 200, "{kind}: {body}");
+    }
+    let (status, body) = event(&server, json!({"event": "cancelled"}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "cannot apply `cancelled` to order o1: it is delivered");
+
+    // Bad input names what is wrong.
+    let (status, body) = event(&server, json!({"event": "eaten"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unknown variant `eaten`"), "{body}");
+    let (status, body) = event(&server, json!({"event": "ready", "courier": "c1"}));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post_event(&server, &merchant, "o2", json!({"event": "ready"}));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "order o2 does not exist: it must be `placed` before `ready`");
+    // Readers read orders; only merchants and operators move them.
+    let reader = server.token_command(&["issue", "--role", "reader"]);
+    let (status, _) = post_event(&server, &reader, "o1", json!({"event": "feedback"}));
+    assert_eq!(status, 403);
+
+    let (status, body) = post_event(&server, &merchant, "o3", json!({"event": "placed"}));
+    assert_eq!(status, 200, "{body}");
+    let active = server.get_ok("/v1/orders?state=active");
+    let ids: Vec<&str> =
+        active["orders"].as_array().unwrap().iter().map(|o| o["order"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["o3"]);
+    let of_c1 = server.get_ok("/v1/orders?courier=c1");
+    assert_eq!(of_c1["orders"][0]["status"], "delivered");
+
+    // Answered means durable: kill -9 right after the last answer.
+    server.kill9();
+    server.restart();
+    let order = server.get_ok("/v1/orders/o1");
+    assert_eq!(order["status"], "delivered");
+    let events: Vec<&str> = order["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["placed", "assigned", "ready", "picked_up", "delivered"]);
+    assert_eq!(order["timeline"][0]["at_ms"], 1_000);
+    assert_eq!(order["timeline"][1]["event_id"], generated.as_str());
+    assert_eq!(
+        order["timeline"][0]["details"],
+        serde_json::from_str::<Value>(details).unwrap(),
+        "details are kept"
+    );
+    let (status, body) = event(&server, json!({"event": "feedback", "details": "lovely"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.get_ok("/v1/orders/o3")["status"], "placed");
+}
