@@ -131,15 +131,15 @@ pub fn start(
             max_segment_size: config.ingest_buffer_mib * 1024 * 1024 / 4,
             max_segment_count: 4,
             // A courier's acks each say all there is (the retained one is the newest), so its
-            // subscription needs no history: one segment of 1 KiB counted bytes (rumqttd's
-            // smallest), 1 to 27 acks. Each kept ack costs some 300 bytes of memory, so the
-            // default log (up to 32 MiB per courier) grew the broker by hundreds of megabytes
-            // with a fleet on, and even 2 × 1 KiB segments held about 55 acks, 170 MB for 10,000
-            // couriers. A device that falls further behind jumps to the newest ack, which covers
-            // the rest.
+            // subscription needs little history: two segments of 1 KiB counted bytes (rumqttd's
+            // smallest), about 55 acks, some 16 KB per busy courier instead of up to 32 MiB (the
+            // default log grew the broker by hundreds of megabytes with a fleet on). One segment
+            // would halve that, but a courier acked hundreds of times a second then falls behind
+            // each time it is dropped, and rumqttd logs two warnings per jump. A device that
+            // does fall behind jumps to the newest ack, which covers the rest.
             custom_segment: Some(HashMap::from([(
                 locus_sdk::topics::acks("+"),
-                SegmentConfig { max_segment_size: 1024, max_segment_count: 1 },
+                SegmentConfig { max_segment_size: 1024, max_segment_count: 2 },
             )])),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
