@@ -31,6 +31,8 @@ pub struct Config {
     pub track: TrackConfig,
     /// The dead-letter store.
     pub dead_letters: DeadLetterConfig,
+    /// Orders.
+    pub orders: crate::orders::OrdersConfig,
     /// InfluxDB shipping; absent = no time series is queued.
     pub influx: Option<crate::influx::InfluxConfig>,
     /// The WebAssembly plugin host.
@@ -49,6 +51,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             track: TrackConfig::default(),
             dead_letters: DeadLetterConfig::default(),
+            orders: crate::orders::OrdersConfig::default(),
             influx: None,
             plugins: crate::plugins::PluginHostConfig::default(),
         }

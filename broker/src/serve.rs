@@ -138,14 +138,18 @@ async fn prune_forever(store: Store, config: Config) {
         let store = store.clone();
         let track = config.track.clone();
         let max_dead_letters = config.dead_letters.max_entries;
-        let min_ts = crate::pipeline::now_ms().saturating_sub(track.max_age_s * 1000);
+        let now = crate::pipeline::now_ms();
+        let min_ts = now.saturating_sub(track.max_age_s * 1000);
+        let ended_before = now.saturating_sub(config.orders.keep_ended_s * 1000);
         let pruned = tokio::task::spawn_blocking(move || {
-            store.prune(min_ts, track.max_fixes_per_courier, max_dead_letters)
+            let fixes_and_letters =
+                store.prune(min_ts, track.max_fixes_per_courier, max_dead_letters)?;
+            Ok::<_, crate::store::StoreError>(fixes_and_letters + store.prune_orders(ended_before)?)
         })
         .await;
         match pruned {
             Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::debug!(removed, "pruned tracks and dead letters"),
+            Ok(Ok(removed)) => tracing::debug!(removed, "pruned tracks, dead letters and orders"),
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "pruning task failed"),
         }

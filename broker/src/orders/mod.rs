@@ -27,6 +27,10 @@
 //! Events are idempotent by event id: one seen before changes nothing and notifies no one
 //! ([`Applied::Duplicate`]), even if it is replayed after later events.
 
+mod config;
+
+pub use config::OrdersConfig;
+
 use serde::{Deserialize, Serialize};
 
 /// What happened to an order.

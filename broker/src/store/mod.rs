@@ -475,6 +475,32 @@ impl Store {
         found.into_iter().take(limit).cloned().collect()
     }
 
+    /// Removes the orders that ended (delivered or cancelled) before `ended_before_ms`, with
+    /// their last locations. Returns how many.
+    pub fn prune_orders(&self, ended_before_ms: u64) -> Result<usize, StoreError> {
+        let ended: Vec<String> = {
+            let mut live = self.live_mut();
+            let ended: Vec<String> = live
+                .order_states
+                .values()
+                .filter(|o| o.ended_at_ms().is_some_and(|at| at < ended_before_ms))
+                .map(|o| o.id.clone())
+                .collect();
+            for order in &ended {
+                live.order_states.remove(order);
+                live.orders_dirty.remove(order);
+                live.orders.remove(order);
+            }
+            ended
+        };
+        // One remove at a time, like the checkpoint's writes (a batch stops every other write).
+        for order in &ended {
+            self.inner.orders.remove(order.as_bytes())?;
+            self.inner.order_location.remove(order.as_bytes())?;
+        }
+        Ok(ended.len())
+    }
+
     /// Makes everything committed so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         let ticket = self.inner.flushes_begun.fetch_add(1, Ordering::AcqRel) + 1;

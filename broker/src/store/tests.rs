@@ -273,3 +273,38 @@ fn order_lifecycles_survive_a_reopen_with_and_without_a_checkpoint() {
     let store = reopen(dir.path(), StoreOptions::default());
     assert_eq!(store.order("o1").unwrap().timeline.len(), 3, "no event applied twice");
 }
+
+#[test]
+fn ended_orders_are_pruned_with_their_locations_once_kept_long_enough() {
+    use crate::orders::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Event times are all 1 ms (see `order_events`): o1 ended at 1, o2 is still open.
+    store
+        .commit_orders(order_events(&[
+            ("o1", "e1", Placed, None),
+            ("o1", "e2", Cancelled, None),
+            ("o2", "e1", Placed, None),
+        ]))
+        .unwrap();
+    let mut located = RecordBuilder::new(1);
+    let mut fix = Fix::from_degrees(5_000, 1.0, 2.0);
+    fix.details =
+        Some(locus_sdk::wire::FixDetails { order: Some("o1".into()), ..Default::default() });
+    located.fix("c1", fix, vec![]);
+    store.commit(Commit { record: located.finish(), ..Commit::default() }).unwrap();
+    store.checkpoint().unwrap();
+    assert!(store.order_location("o1").unwrap().is_some());
+
+    assert_eq!(store.prune_orders(1).unwrap(), 0, "ended at 1 ms: not before 1 ms");
+    assert_eq!(store.prune_orders(2).unwrap(), 1);
+    assert!(store.order("o1").is_none());
+    assert!(store.order_location("o1").unwrap().is_none(), "its location goes with it");
+    assert!(store.order("o2").is_some(), "an open order is never pruned");
+    store.checkpoint().unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = reopen(dir.path(), StoreOptions::default());
+    assert!(store.order("o1").is_none(), "pruned for good");
+    assert!(store.order("o2").is_some());
+}
