@@ -246,6 +246,28 @@ impl Order {
         })
     }
 
+    /// `event` for order `id` from `source`, applied to the order as it stands (`None`: never
+    /// placed): what it did and the order after it. The one step both the intake (checking an
+    /// event) and the store (applying the log) take.
+    pub fn after_event(
+        current: Option<&Order>,
+        id: &str,
+        event: OrderEvent,
+        source: EventSource<'_>,
+    ) -> Result<(Applied, Order), Refusal> {
+        match current {
+            Some(current) => {
+                let mut after = current.clone();
+                let applied = after.apply(event, source)?;
+                Ok((applied, after))
+            }
+            None => {
+                let kind = event.kind;
+                Order::place(id, event, source).map(|placed| (Applied::Changed { kind }, placed))
+            }
+        }
+    }
+
     /// Applies `event` from `source`, or says why not (and then changes nothing).
     pub fn apply(
         &mut self,

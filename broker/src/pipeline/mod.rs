@@ -542,15 +542,15 @@ fn run_intake(
                     }
                 }
                 Ok(Some(_)) => {}
-                // While the committer is still flushing earlier commits, whatever arrives
-                // meanwhile joins this one: it could not be acked sooner anyway, and one log
-                // entry per flush keeps the cost per fix low at any load.
                 // rumqttd reports a closed link as a "timeout" too: its router is gone (it
                 // panicked), so nothing will ever arrive and no ack can leave.
                 Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Disconnected)) => {
                     tracing::error!("lost the link to the embedded broker: its router stopped");
                     return;
                 }
+                // While the committer is still flushing earlier commits, whatever arrives
+                // meanwhile joins this one: it could not be acked sooner anyway, and one log
+                // entry per flush keeps the cost per fix low at any load.
                 Ok(None) | Err(LinkError::RecvTimeout(_))
                     if !publishes.is_empty() && flushing.load(Ordering::Acquire) > 0 =>
                 {
@@ -626,11 +626,12 @@ fn run_committer(
         }
         let mut acks: HashMap<String, u64> = HashMap::new();
         for pending in &mut group {
+            // Order events are committed on their own, never with reports: such a commit is
+            // no batch of reports for the metrics.
+            let of_reports = pending.order_answers.is_empty();
             for (answer, answered) in pending.order_answers.drain(..) {
                 let _ = answer.send(answered);
             }
-            // A commit of order events alone is not a batch of reports.
-            let of_reports = pending.reports > 0 || pending.fixes > 0 || !pending.acks.is_empty();
             if of_reports {
                 metrics.reports_committed.inc_by(pending.reports);
                 metrics.fixes_committed.inc_by(pending.fixes);

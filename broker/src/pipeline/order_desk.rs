@@ -73,19 +73,10 @@ pub(super) fn take_waiting(
     let mut owed = Vec::new();
     let mut working: HashMap<String, Order> = HashMap::new();
     for OrderRequest { order, event, answer } in from_api.try_iter() {
-        let current = match working.get(&order) {
-            Some(current) => Some(current.clone()),
-            None => store.order(&order),
-        };
+        let current = working.get(&order).cloned().or_else(|| store.order(&order));
         let logged = LoggedOrderEvent { order: order.clone(), event, from_courier: None };
-        let applied = match current {
-            Some(mut current) => current
-                .apply(logged.event.clone(), logged.source())
-                .map(|applied| (applied, current)),
-            None => Order::place(&order, logged.event.clone(), logged.source())
-                .map(|placed| (Applied::Changed { kind: logged.event.kind }, placed)),
-        };
-        match applied {
+        let event = logged.event.clone();
+        match Order::after_event(current.as_ref(), &order, event, logged.source()) {
             Ok((applied, after)) => {
                 if let Applied::Changed { .. } = applied {
                     record.events.push(logged);

@@ -105,19 +105,14 @@ impl Live {
     /// a refusal here means the log and the view disagree: it is logged and skipped.
     pub(super) fn apply_orders(&mut self, id: u64, record: OrderRecord) {
         for logged in record.events {
-            let source = logged.source();
-            let applied = match self.order_states.get_mut(&logged.order) {
-                Some(order) => order.apply(logged.event.clone(), source),
-                None => Order::place(&logged.order, logged.event.clone(), source).map(|order| {
-                    self.order_states.insert(logged.order.clone(), order);
-                    Applied::Changed { kind: logged.event.kind }
-                }),
-            };
-            match applied {
-                Ok(Applied::Changed { .. }) => {
+            let current = self.order_states.get(&logged.order);
+            let event = logged.event.clone();
+            match Order::after_event(current, &logged.order, event, logged.source()) {
+                Ok((Applied::Changed { .. }, after)) => {
+                    self.order_states.insert(logged.order.clone(), after);
                     self.orders_dirty.insert(logged.order);
                 }
-                Ok(Applied::Duplicate) => {}
+                Ok((Applied::Duplicate, _)) => {}
                 Err(refusal) => {
                     tracing::warn!(log_entry = id, %refusal, "order event in the log skipped")
                 }

@@ -75,10 +75,10 @@ fn has_wildcard(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }
 
-/// locus patch: `matches` for a filter without wildcards (a topic starting with `$` matches
-/// no filter, as in `matches`).
-fn matches_exactly(topic: &str, filter: &str) -> bool {
-    topic == filter && !topic.starts_with('$')
+/// locus patch: whether the topic a filter without wildcards spells matches it, as `matches`
+/// says (a topic starting with `$` matches no filter).
+fn matches_its_own_topic(filter: &str) -> bool {
+    !filter.starts_with('$')
 }
 
 impl DataLog {
@@ -158,7 +158,7 @@ impl DataLog {
                     .map(|(_, filter_idx)| *filter_idx)
                     .collect();
                 if let Some(idx) = self.filter_indexes.get(topic) {
-                    if !has_wildcard(topic) && matches_exactly(topic, topic) {
+                    if !has_wildcard(topic) && matches_its_own_topic(topic) {
                         v.push(*idx);
                     }
                 }
@@ -195,7 +195,7 @@ impl DataLog {
                         }
                     }
                 } else if let Some(filters) = publish_filters.get_mut(filter) {
-                    if matches_exactly(filter, filter) {
+                    if matches_its_own_topic(filter) {
                         filters.push(idx);
                     }
                 }
@@ -317,7 +317,7 @@ impl DataLog {
                 self.retained_publishes.remove(filter);
                 return Vec::new();
             }
-            if !matches_exactly(filter, filter) {
+            if !matches_its_own_topic(filter) {
                 return Vec::new();
             }
             return vec![(pubdata.publish.clone(), pubdata.properties.clone())];
