@@ -294,6 +294,8 @@ mod tests {
     fn inconsistent_values_name_the_key() {
         let err = Config::from_toml("[pipeline]\nmax_batch_reports = 0\n").unwrap_err();
         assert!(err.to_string().contains("pipeline.max_batch_reports"), "{err}");
+        let err = Config::from_toml("[mqtt]\ningest_buffer_mib = 0\n").unwrap_err();
+        assert!(err.to_string().contains("mqtt.ingest_buffer_mib must be at least 1"), "{err}");
     }
 
     #[test]

@@ -67,6 +67,21 @@ fn an_order_goes_through_its_lifecycle_over_http_and_survives_kill_9() {
     assert!(body["error"].as_str().unwrap().contains("unknown variant `eaten`"), "{body}");
     let (status, body) = event(&server, json!({"event": "ready", "courier": "c1"}));
     assert_eq!(status, 400, "{body}");
+    let (status, body) = event(&server, json!({"event": "ready", "event_id": "a/b"}));
+    assert_eq!((status, &body["error"]), (400, &json!("invalid event id \"a/b\"")), "{body}");
+    let (status, body) = event(&server, json!({"event": "ready", "colour": "red"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unknown field `colour`"), "{body}");
+    let not_json = reqwest::blocking::Client::new()
+        .post(server.url("/v1/orders/o1/events"))
+        .bearer_auth(&merchant)
+        .body("placed, please")
+        .send()
+        .expect("POST");
+    assert_eq!(not_json.status().as_u16(), 400);
+    let (status, body) = server.get("/v1/orders?state=eaten");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("invalid state \"eaten\""), "{body}");
     let (status, body) = post_event(&server, &merchant, "o2", json!({"event": "ready"}));
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"], "order o2 does not exist: it must be `placed` before `ready`");
