@@ -6,7 +6,7 @@
 
 use super::{check_id, ApiError, ApiState, FixView};
 use crate::auth::Claims;
-use crate::orders::{Applied, EventKind, Order, OrderEvent, Refusal, Status};
+use crate::orders::{event_json, Applied, EventKind, Order, OrderEvent, Refusal, Status};
 use crate::pipeline::{now_ms, OrderRefused};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -146,26 +146,7 @@ pub(super) async fn list(
 /// An order as the API shows it: its lifecycle and its last location.
 fn order_view(state: &ApiState, order: &Order) -> Result<Value, ApiError> {
     let location = state.store.order_location(&order.id)?;
-    let timeline: Vec<Value> = order
-        .timeline
-        .iter()
-        .map(|event| {
-            let mut view = json!({
-                "event_id": event.event_id,
-                "event": event.kind,
-                "at_ms": event.at_ms,
-                "actor": event.actor,
-            });
-            if let Some(courier) = &event.courier {
-                view["courier"] = json!(courier);
-            }
-            if let Some(details) = &event.details {
-                // Stored as given, so it parses; should it not, it is shown as text.
-                view["details"] = serde_json::from_str(details).unwrap_or_else(|_| json!(details));
-            }
-            view
-        })
-        .collect();
+    let timeline: Vec<Value> = order.timeline.iter().map(event_json).collect();
     Ok(json!({
         "order": order.id,
         "status": order.status,

@@ -384,5 +384,44 @@ impl Order {
     }
 }
 
+/// An event as JSON: how the API's timeline, `orders/{id}/status`, webhooks and emails show
+/// it. `details` is the JSON it was given (shown as text should it not parse).
+pub fn event_json(event: &OrderEvent) -> serde_json::Value {
+    let mut view = serde_json::json!({
+        "event_id": event.event_id,
+        "event": event.kind,
+        "at_ms": event.at_ms,
+        "actor": event.actor,
+    });
+    if let Some(courier) = &event.courier {
+        view["courier"] = serde_json::json!(courier);
+    }
+    if let Some(details) = &event.details {
+        view["details"] =
+            serde_json::from_str(details).unwrap_or_else(|_| serde_json::json!(details));
+    }
+    view
+}
+
+/// What the parties following an order are told when `event` changed it (the order as it is
+/// after the event): the retained `orders/{id}/status` message, a webhook's body and an email's
+/// data. `committed_ms` is the server time the event was taken in.
+///
+/// ```json
+/// {"order":"o1","status":"assigned","ready":false,"courier":"c1","committed_ms":1765000000000,
+///  "event":{"event_id":"e3","event":"assigned","at_ms":1765000000000,"actor":"merchant:bakery",
+///           "courier":"c1"}}
+/// ```
+pub fn notice_json(order: &Order, event: &OrderEvent, committed_ms: u64) -> serde_json::Value {
+    serde_json::json!({
+        "order": order.id,
+        "status": order.status,
+        "ready": order.ready,
+        "courier": order.courier,
+        "committed_ms": committed_ms,
+        "event": event_json(event),
+    })
+}
+
 #[cfg(test)]
 mod tests;
