@@ -37,6 +37,8 @@ pub struct Config {
     pub influx: Option<crate::influx::InfluxConfig>,
     /// The WebAssembly plugin host.
     pub plugins: crate::plugins::PluginHostConfig,
+    /// Notifications of order events by webhook and email; no rules = nobody is notified.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             orders: crate::orders::OrdersConfig::default(),
             influx: None,
             plugins: crate::plugins::PluginHostConfig::default(),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Config {
             ));
         }
         self.check_listeners()?;
+        self.notify.check().map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         Ok(())
     }
 
@@ -327,6 +331,20 @@ mod tests {
         assert!(err.contains("mqtt.tls_listen") && err.contains("[tls]"), "{err}");
         let err = Config::from_toml("[tls]\ncert_path = \"c.pem\"\n").unwrap_err().to_string();
         assert!(err.contains("key_path"), "{err}");
+    }
+
+    #[test]
+    fn the_notify_section_is_checked_naming_the_key() {
+        let webhook = "[[notify.rules]]\non = [\"ready\"]\nwebhook = \"https://x.example.com/h\"\n";
+        let err = Config::from_toml(webhook).unwrap_err().to_string();
+        assert!(err.contains("notify.webhook_secret") && err.contains("openssl rand"), "{err}");
+        let secret = "[notify]\nwebhook_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let config = Config::from_toml(&format!("{secret}{webhook}")).unwrap();
+        assert_eq!(config.notify.rules.len(), 1);
+        let err = Config::from_toml("[notify]\nmax_attempts = 0\n").unwrap_err().to_string();
+        assert!(err.contains("notify.max_attempts"), "{err}");
+        let err = Config::from_toml("[notify]\nretries = 3\n").unwrap_err().to_string();
+        assert!(err.contains("retries"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`store`]: sled trees — last locations, tracks, committed seqs, dead letters, outboxes.
 //! - [`influx`]: ships committed fixes from the outbox to InfluxDB.
 //! - [`orders`]: the order lifecycle's state machine (not wired in yet: issue #10).
+//! - [`notify`]: order events told to webhooks and email addresses, at least once, with
+//!   retries and dead letters (its deliveries live in a store tree).
 //! - [`api`]: the HTTP API (axum) over the store, plus metrics and health.
 //! - [`auth`]: courier and admin tokens.
 //! - [`tls`]: certificates for the MQTT-over-TLS and HTTPS listeners.
@@ -30,6 +32,7 @@ pub mod influx;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod orders;
 pub mod pipeline;
 pub mod plugins;

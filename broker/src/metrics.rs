@@ -40,6 +40,13 @@ pub struct DisconnectLabel {
     pub reason: &'static str,
 }
 
+/// The `channel` label of notification counts: `webhook` or `email`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// How the notification goes out.
+    pub channel: &'static str,
+}
+
 /// Counters, gauges and histograms of the ingest path.
 #[derive(Debug)]
 pub struct Metrics {
@@ -87,6 +94,14 @@ pub struct Metrics {
     pub http_body_too_large: Counter,
     /// 1 while acks are held back (for example a full InfluxDB outbox), else 0.
     pub acks_paused: Gauge,
+    /// Notifications delivered (2xx from a webhook, a mail accepted), by channel.
+    pub notifications_delivered: Family<ChannelLabel, Counter>,
+    /// Notification attempts that failed, by channel (each retry counts).
+    pub notification_failures: Family<ChannelLabel, Counter>,
+    /// Notifications that became dead letters after their last attempt, by channel.
+    pub notifications_dead: Family<ChannelLabel, Counter>,
+    /// Notifications waiting to be delivered (not dead ones).
+    pub notifications_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +137,10 @@ impl Metrics {
             http_timeouts: Family::default(),
             http_body_too_large: Counter::default(),
             acks_paused: Gauge::default(),
+            notifications_delivered: Family::default(),
+            notification_failures: Family::default(),
+            notifications_dead: Family::default(),
+            notifications_pending: Gauge::default(),
         };
         let m = &metrics;
         registry.register(
@@ -208,6 +227,26 @@ impl Metrics {
             "acks_paused",
             "1 while acks are held back (e.g. the InfluxDB outbox is full)",
             m.acks_paused.clone(),
+        );
+        registry.register(
+            "notifications_delivered",
+            "Order notifications delivered (2xx from a webhook, a mail accepted), by channel",
+            m.notifications_delivered.clone(),
+        );
+        registry.register(
+            "notification_failures",
+            "Order notification attempts that failed, by channel (each retry counts)",
+            m.notification_failures.clone(),
+        );
+        registry.register(
+            "notifications_dead",
+            "Order notifications that became dead letters after their last attempt, by channel",
+            m.notifications_dead.clone(),
+        );
+        registry.register(
+            "notifications_pending",
+            "Order notifications waiting to be delivered (not dead letters)",
+            m.notifications_pending.clone(),
         );
         *metrics.registry.lock().expect("fresh mutex") = registry;
         metrics

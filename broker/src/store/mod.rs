@@ -240,6 +240,9 @@ pub const FULL_PRUNE_EVERY: u64 = 60;
 /// The plugin registry's tree.
 const PLUGINS_TREE: &str = "plugins";
 
+/// The notifier's deliveries (format in `notify/deliveries.rs`).
+const NOTIFICATIONS_TREE: &str = "notifications";
+
 /// Order id → [`Order`] (its lifecycle), as of the last checkpoint.
 const ORDERS_TREE: &str = "orders";
 
@@ -372,6 +375,12 @@ impl Store {
     /// own; the store only owns the tree, like every durable tree).
     pub fn plugins_tree(&self) -> Result<sled::Tree, StoreError> {
         Ok(self.inner.db.open_tree(PLUGINS_TREE)?)
+    }
+
+    /// The tree the notifier keeps its deliveries in (its records are the notifier's own;
+    /// the store only owns the tree).
+    pub fn notifications_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(NOTIFICATIONS_TREE)?)
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
