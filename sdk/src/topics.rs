@@ -4,7 +4,7 @@
 //! |------------------------------|--------------------|----------------------|
 //! | `couriers/{courier}/locations` | device → server  | [`crate::wire::Report`] |
 //! | `couriers/{courier}/acks`      | server → device  | [`crate::wire::Ack`] (retained) |
-//! | `couriers/{courier}/events`    | device → server  | order events (reserved) |
+//! | `couriers/{courier}/events`    | device → server  | [`crate::wire::CourierEvent`] |
 //! | `orders/{order}/status`        | server → customers | order status (retained, reserved) |
 
 use alloc::format;
@@ -12,6 +12,9 @@ use alloc::string::String;
 
 /// Filter the server subscribes to for location reports from every courier.
 pub const ALL_LOCATIONS: &str = "couriers/+/locations";
+
+/// Filter the server subscribes to for order events from every courier.
+pub const ALL_EVENTS: &str = "couriers/+/events";
 
 /// Longest courier or order id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -43,6 +46,13 @@ pub fn courier_of_locations(topic: &str) -> Option<&str> {
     is_valid_id(courier).then_some(courier)
 }
 
+/// The courier id in a `couriers/{courier}/events` topic, if the topic is one and the id is
+/// valid.
+pub fn courier_of_events(topic: &str) -> Option<&str> {
+    let courier = topic.strip_prefix("couriers/")?.strip_suffix("/events")?;
+    is_valid_id(courier).then_some(courier)
+}
+
 /// Whether `id` can be used as a courier or order id: 1 to [`MAX_ID_LEN`] bytes of ASCII
 /// letters, digits, `-`, `_`, `.` and `:`. This keeps ids safe inside topics (no `/`, `+`, `#`),
 /// URLs and storage keys.
@@ -63,6 +73,11 @@ mod tests {
         assert_eq!(courier_of_locations("couriers//locations"), None);
         assert_eq!(courier_of_locations("couriers/a/b/locations"), None);
         assert_eq!(courier_of_locations("couriers/a+b/locations"), None);
+        assert_eq!(courier_of_events(&events("c-1")), Some("c-1"));
+        assert_eq!(courier_of_events(&locations("c-1")), None);
+        assert_eq!(courier_of_locations(&events("c-1")), None);
+        assert_eq!(courier_of_events("couriers//events"), None);
+        assert_eq!(courier_of_events("couriers/a/b/events"), None);
     }
 
     #[test]

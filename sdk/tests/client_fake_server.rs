@@ -1,19 +1,23 @@
 //! The courier client against a real MQTT broker (embedded rumqttd) with a minimal stand-in for
-//! locusd's pipeline: it commits reports with a seq above the courier's mark, drops the rest as
-//! duplicates, and publishes the mark as a retained ack. The end-to-end tests against the real
-//! locusd are in `tests/tests/sdk_e2e.rs`; these check the client's own logic quickly.
+//! locusd's pipeline: it commits reports and order events whose seq it has not committed yet,
+//! drops the rest as duplicates, and publishes the courier's watermark (every seq up to it
+//! committed) as a retained ack, as locusd does (`sdk/WIRE.md`). Reports and events travel on
+//! two topics, which the broker does not order against each other, so a seq may arrive after a
+//! higher one. The end-to-end tests against the real locusd are in `tests/tests/sdk_e2e.rs`;
+//! these check the client's own logic quickly.
 #![cfg(feature = "client")]
 
 // The one port picker of every test (outside the ephemeral range; see its module doc).
 #[path = "../../tests/src/ports.rs"]
 mod ports;
 
-use locus_sdk::client::{ClientError, Courier, CourierConfig, FixInput};
+use locus_sdk::client::{ClientError, Courier, CourierConfig, FixInput, OrderEventInput};
+use locus_sdk::wire::CourierEvent;
 use locus_sdk::{topics, wire};
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,12 +25,54 @@ use std::time::Duration;
 
 #[derive(Debug, Default)]
 struct Committed {
-    /// Per courier: the mark and every committed fix's timestamp, in commit order.
+    /// Per courier: the watermark (every seq up to it committed) and the seqs committed above
+    /// it.
     marks: HashMap<String, u64>,
+    above: HashMap<String, BTreeSet<u64>>,
+    /// Per courier: every committed fix's timestamp, in commit order.
     fixes: HashMap<String, Vec<u64>>,
     /// Per courier: seqs of committed reports, in commit order.
     seqs: HashMap<String, Vec<u64>>,
+    /// Per courier: what each committed seq held, a report's fixes or an event.
+    by_seq: HashMap<String, BTreeMap<u64, Committable>>,
+    /// Every order event received, duplicates included, in arrival order.
+    events_received: Vec<CourierEvent>,
     duplicates: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Committable {
+    Fixes(Vec<u64>),
+    Event(CourierEvent),
+}
+
+impl Committed {
+    /// Takes `seq` for `courier`: `Some(watermark)` to ack after committing it, `None` for a
+    /// duplicate (whose ack is the current watermark).
+    fn take(&mut self, courier: &str, seq: u64) -> Option<u64> {
+        let mark = self.marks.entry(courier.to_owned()).or_default();
+        let above = self.above.entry(courier.to_owned()).or_default();
+        if seq <= *mark || !above.insert(seq) {
+            self.duplicates += 1;
+            return None;
+        }
+        while above.remove(&(*mark + 1)) {
+            *mark += 1;
+        }
+        Some(*mark)
+    }
+
+    fn commit(&mut self, courier: &str, seq: u64, what: Committable) -> u64 {
+        let Some(mark) = self.take(courier, seq) else {
+            return self.marks[courier];
+        };
+        if let Committable::Fixes(fixes) = &what {
+            self.seqs.entry(courier.to_owned()).or_default().push(seq);
+            self.fixes.entry(courier.to_owned()).or_default().extend(fixes);
+        }
+        self.by_seq.entry(courier.to_owned()).or_default().insert(seq, what);
+        mark
+    }
 }
 
 struct FakeServer {
@@ -100,6 +146,7 @@ impl FakeServer {
         let mut broker = Broker::new(config);
         let (mut tx, mut rx) = broker.link("fake-locusd").unwrap();
         tx.subscribe(topics::ALL_LOCATIONS).unwrap();
+        tx.subscribe(topics::ALL_EVENTS).unwrap();
         std::thread::spawn(move || {
             // The broker runs until the test process ends; an error here fails the tests' connects.
             let _ = broker.start();
@@ -112,22 +159,20 @@ impl FakeServer {
             while let Ok(notification) = rx.recv() {
                 let Some(Notification::Forward(forward)) = notification else { continue };
                 let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                let Some(courier) = topics::courier_of_locations(&topic) else { continue };
-                let Ok(report) = wire::decode_report(&forward.publish.payload) else { continue };
-                let mark = {
-                    let mut c = c.lock().unwrap();
-                    let mark = c.marks.get(courier).copied().unwrap_or(0);
-                    if report.seq <= mark {
-                        c.duplicates += 1;
-                        mark
+                let payload = &forward.publish.payload;
+                let (courier, seq, what) =
+                    if let Some(courier) = topics::courier_of_locations(&topic) {
+                        let Ok(report) = wire::decode_report(payload) else { continue };
+                        let fixes = report.fixes.iter().map(|f| f.ts_ms).collect();
+                        (courier, report.seq, Committable::Fixes(fixes))
+                    } else if let Some(courier) = topics::courier_of_events(&topic) {
+                        let Ok(event) = wire::decode_event(payload) else { continue };
+                        c.lock().unwrap().events_received.push(event.clone());
+                        (courier, event.seq, Committable::Event(event))
                     } else {
-                        c.marks.insert(courier.to_owned(), report.seq);
-                        c.seqs.entry(courier.to_owned()).or_default().push(report.seq);
-                        let fixes = c.fixes.entry(courier.to_owned()).or_default();
-                        fixes.extend(report.fixes.iter().map(|f| f.ts_ms));
-                        report.seq
-                    }
-                };
+                        continue;
+                    };
+                let mark = c.lock().unwrap().commit(courier, seq, what);
                 if a.load(Ordering::SeqCst) {
                     ack(&t, courier, mark);
                 }
@@ -155,6 +200,20 @@ impl FakeServer {
 
     fn seqs(&self, courier: &str) -> Vec<u64> {
         self.committed.lock().unwrap().seqs.get(courier).cloned().unwrap_or_default()
+    }
+
+    /// What the courier's committed seqs hold, in seq order: every fix's timestamp, and an
+    /// event as its kind and id.
+    fn in_seq_order(&self, courier: &str) -> Vec<String> {
+        let committed = self.committed.lock().unwrap();
+        let Some(by_seq) = committed.by_seq.get(courier) else { return Vec::new() };
+        by_seq
+            .values()
+            .flat_map(|what| match what {
+                Committable::Fixes(fixes) => fixes.iter().map(u64::to_string).collect(),
+                Committable::Event(e) => vec![format!("{} {}", e.kind, e.event_id)],
+            })
+            .collect()
     }
 }
 
@@ -227,7 +286,7 @@ fn unacked_reports_are_resent_after_a_reopen_and_committed_once() {
     let mut sent = report_n(&courier, 9_000, 30);
     assert!(matches!(
         courier.flush(Duration::from_secs(2)),
-        Err(ClientError::Timeout { queued_fixes: 30 })
+        Err(ClientError::Timeout { queued_fixes: 30, queued_events: 0 })
     ));
     courier.close();
 
@@ -254,4 +313,53 @@ fn a_wrong_password_is_a_clear_error() {
     let courier = Courier::connect(config(&server, "c-4", Some("right"), dir.path())).unwrap();
     report_n(&courier, 1, 1);
     courier.flush(PATIENCE).unwrap();
+}
+
+#[test]
+fn order_events_share_the_report_sequence_and_are_resent_with_their_ids() {
+    let server = FakeServer::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    server.acking.store(false, Ordering::SeqCst);
+    let courier = Courier::connect(config(&server, "c-5", None, dir.path())).unwrap();
+    let mut expected: Vec<String> =
+        report_n(&courier, 7_000, 3).iter().map(u64::to_string).collect();
+    let pickup = courier.send_event(OrderEventInput::picked_up("order-7")).unwrap();
+    expected.push(format!("picked_up {pickup}"));
+    expected.extend(report_n(&courier, 7_100, 2).iter().map(u64::to_string));
+    let proof = r#"{"photo":"pod-17.jpg","signed_by":"Ana"}"#;
+    let delivery =
+        courier.send_event(OrderEventInput::delivered("order-7").with_details(proof)).unwrap();
+    expected.push(format!("delivered {delivery}"));
+    // Committed, never acked: the outbox keeps all of it through a restart of the app.
+    assert!(matches!(
+        courier.flush(Duration::from_secs(2)),
+        Err(ClientError::Timeout { queued_fixes: 5, queued_events: 2 })
+    ));
+    courier.close();
+
+    server.acking.store(true, Ordering::SeqCst);
+    let courier = Courier::connect(config(&server, "c-5", None, dir.path())).unwrap();
+    courier.flush(PATIENCE).unwrap();
+    let status = courier.status();
+    assert_eq!((status.queued_fixes, status.queued_events, status.acked_events), (0, 0, 2));
+    assert!(status.sent_events >= 2);
+
+    // In seq order, the server sees each event after the fixes reported before it and before
+    // those reported after it; seqs have no gaps.
+    assert_eq!(server.in_seq_order("c-5"), expected);
+    let committed = server.committed.lock().unwrap();
+    let seqs: Vec<u64> = committed.by_seq["c-5"].keys().copied().collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // Every copy of an event is the same event: same seq, same id, same details.
+    let received = &committed.events_received;
+    let ids: BTreeSet<&str> = received.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, BTreeSet::from([pickup.as_str(), delivery.as_str()]));
+    for e in received {
+        let first = received.iter().find(|f| f.seq == e.seq).unwrap();
+        assert_eq!(e, first);
+    }
+    assert!(received.len() > 2, "resent after the restart: {received:?}");
+    let delivered = received.iter().find(|e| e.event_id == delivery).unwrap();
+    assert_eq!((delivered.order.as_str(), delivered.details.as_deref()), ("order-7", Some(proof)));
+    assert_eq!(delivered.problem(), None);
 }

@@ -1,7 +1,7 @@
 //! Checks the test vectors in `wire-vectors.json` (documented in `WIRE.md`) both ways:
 //! hex → message → JSON, and JSON → message → hex. Vectors with `refused` are well-formed wire
-//! bytes carrying an out-of-range value: they decode, and JSON → wire refuses them, naming
-//! the field.
+//! bytes carrying an out-of-range value (a fix's field, an order event's id or details): they
+//! decode, and JSON → wire refuses them, naming the field.
 
 use locus_sdk::wire::{self, json::MessageJson, Message};
 
@@ -27,10 +27,12 @@ fn hex_decodes_to_json() {
         let message = wire::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", v.name));
         let json = serde_json::to_value(MessageJson::from(&message)).unwrap();
         assert_eq!(json, v.json, "{}", v.name);
-        // Out-of-range vectors are exactly the ones whose fixes the server's range check refuses.
+        // Out-of-range vectors are exactly the ones the server's checks refuse: a fix's range
+        // check, an event's problems.
         let out_of_range = match &message {
             Message::Report(report) => report.fixes.iter().any(|f| f.out_of_range().is_some()),
             Message::Ack(_) => false,
+            Message::Event(event) => event.problem().is_some(),
         };
         assert_eq!(out_of_range, v.refused.is_some(), "{}", v.name);
     }
@@ -65,4 +67,16 @@ fn the_vectors_cover_what_a_reimplementation_gets_wrong() {
         })
     }));
     assert!(bytes.iter().all(|b| b[0] == wire::VERSION));
+    // Order events: both kinds, with and without details, and each field an event can get
+    // wrong refused.
+    let events: Vec<&Vector> = all.iter().filter(|v| v.json.get("event").is_some()).collect();
+    for kind in ["picked_up", "delivered"] {
+        assert!(events.iter().any(|v| v.refused.is_none() && v.json["event"] == kind), "{kind}");
+    }
+    let valid = || events.iter().filter(|v| v.refused.is_none());
+    assert!(valid().any(|v| v.json.get("details").is_some_and(|d| d.is_object())));
+    assert!(valid().any(|v| v.json.get("details").is_none()));
+    for field in ["order", "event_id", "details_text"] {
+        assert!(events.iter().any(|v| v.refused.as_deref() == Some(field)), "{field}");
+    }
 }

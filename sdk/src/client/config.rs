@@ -46,7 +46,7 @@ pub struct CourierConfig {
     /// drops duplicates), in case the server lost them without dropping the connection.
     #[serde(default = "defaults::ack_timeout_ms")]
     pub ack_timeout_ms: u64,
-    /// Most reports published and not yet acknowledged at a time.
+    /// Most reports and order events published and not yet acknowledged at a time.
     #[serde(default = "defaults::max_inflight_reports")]
     pub max_inflight_reports: u16,
     /// How fixes are grouped into reports.
@@ -80,14 +80,18 @@ pub struct BatchConfig {
     pub max_report_bytes: u32,
 }
 
-/// What happens when the outbox is full.
+/// What happens when the outbox is full. Either way, order events are never dropped to make
+/// room: they leave the outbox only when the server acknowledges them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenFull {
-    /// Make room by dropping the oldest unacknowledged data (a whole report if the oldest data
-    /// is already in one). Fresh positions matter more than old ones for live tracking.
+    /// Make room by dropping the oldest unacknowledged fixes (a whole report if the oldest fixes
+    /// are already in one). Fresh positions matter more than old ones for live tracking. An
+    /// order event makes room the same way; a fix or event that finds no fix left to drop (the
+    /// outbox holds only events) is refused.
     DropOldest,
-    /// Refuse the new fix: `report` returns [`crate::client::ClientError::OutboxFull`].
+    /// Refuse the new fix or order event: `report` or `send_event` returns
+    /// [`crate::client::ClientError::OutboxFull`].
     RefuseNew,
 }
 
@@ -95,18 +99,18 @@ pub enum WhenFull {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
-    /// Most fixes held (queued and sent-but-unacknowledged).
+    /// Most fixes held (queued and sent-but-unacknowledged). Order events are not counted here.
     #[serde(default = "defaults::outbox_max_fixes")]
     pub max_fixes: u64,
-    /// Most bytes of fixes held (their encoded size).
+    /// Most bytes of fixes and order events held (their encoded size).
     #[serde(default = "defaults::outbox_max_bytes")]
     pub max_bytes: u64,
     /// What to do at the bound.
     #[serde(default = "defaults::when_full")]
     pub when_full: WhenFull,
-    /// `fsync` every accepted fix before `report` returns, so it survives power loss and OS
-    /// crashes. Without it, an accepted fix survives an app kill (it is in the OS's page cache)
-    /// but not a power cut.
+    /// `fsync` every accepted fix or order event before `report` or `send_event` returns, so it
+    /// survives power loss and OS crashes. Without it, an accepted one survives an app kill (it
+    /// is in the OS's page cache) but not a power cut.
     #[serde(default = "defaults::fsync")]
     pub fsync: bool,
 }

@@ -30,22 +30,33 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The outbox is at its bound and its policy is to refuse new fixes.
-    #[error("outbox full ({fixes} fixes, {bytes} bytes): fix refused")]
+    /// The outbox is at its bound and the new fix or event is refused: the policy is to refuse
+    /// new data, or (for an order event, which only ever displaces fixes) no fix is left to drop.
+    #[error("outbox full ({fixes} fixes, {events} order events, {bytes} bytes): refused")]
     OutboxFull {
         /// Fixes held.
         fixes: u64,
+        /// Order events held.
+        events: u64,
         /// Bytes held.
         bytes: u64,
     },
     /// The fix cannot be put on the wire (not finite, off the globe, ...).
     #[error("invalid fix: {0}")]
     InvalidFix(String),
+    /// The order event would be refused by the server (an order or event id that is not a
+    /// valid id, details that are not JSON or too long).
+    #[error("invalid order event: {0}")]
+    InvalidEvent(String),
     /// [`crate::client::Courier::flush`] gave up waiting.
-    #[error("timed out with {queued_fixes} fixes not yet acknowledged")]
+    #[error(
+        "timed out with {queued_fixes} fixes and {queued_events} order events not yet acknowledged"
+    )]
     Timeout {
         /// Fixes still in the outbox.
         queued_fixes: u64,
+        /// Order events still in the outbox.
+        queued_events: u64,
     },
     /// The client was closed (or its background thread ended).
     #[error("the client is closed")]

@@ -1,20 +1,23 @@
-//! The courier client: report fixes from the app; they reach the server exactly once, in order,
-//! whatever the network and the app do (see `sdk/README.md` for the precise guarantees).
+//! The courier client: report fixes and order events from the app; they reach the server exactly
+//! once, in order, whatever the network and the app do (see `sdk/README.md` for the precise
+//! guarantees).
 //!
 //! Layout:
 //! - [`Courier`] (this file): the app's handle. Plain types in and out, blocking calls that
 //!   return quickly, no async runtime or generics in sight, so it binds to Kotlin and Swift.
 //! - [`config`]: [`CourierConfig`] and its parts (batching, outbox bound, back-off).
-//! - `outbox`: the durable on-device log of fixes and reports.
+//! - `outbox`: the durable on-device log of fixes, order events and what was sealed of them.
 //! - `worker`: the sender, a task on the client's own single-threaded tokio runtime (one
 //!   thread per `Courier`) that runs MQTT sessions with rumqttc.
 //! - [`ClientError`]: what can go wrong.
 //!
-//! Data goes: [`Courier::report`] → outbox (fsynced) → worker seals due fixes into numbered
-//! reports → QoS 1 publish on `couriers/{courier}/locations` → the server commits and publishes
-//! the retained cumulative ack on `couriers/{courier}/acks` → the worker drops everything up to
-//! it from the outbox. The app thread and the worker share the outbox behind a mutex; the worker
-//! reports its connection state through [`Courier::status`].
+//! Data goes: [`Courier::report`] and [`Courier::send_event`] → outbox (fsynced), one queue in
+//! the order the app gave them → worker seals due fixes into numbered reports and events into
+//! numbered events, one sequence for both → QoS 1 publish on `couriers/{courier}/locations` or
+//! `couriers/{courier}/events` → the server commits and publishes the retained cumulative ack
+//! on `couriers/{courier}/acks` → the worker drops everything up to it from the outbox. The app
+//! thread and the worker share the outbox behind a mutex; the worker reports its connection
+//! state through [`Courier::status`].
 
 pub mod config;
 mod error;
@@ -24,10 +27,14 @@ mod worker;
 pub use config::{BackoffConfig, BatchConfig, CourierConfig, OutboxConfig, WhenFull};
 pub use error::ClientError;
 
+pub use crate::wire::CourierEventKind;
+
 use crate::topics;
 use crate::wire::json::FixJson;
 use crate::wire::{now_ms, Fix};
-use outbox::{AckOutcome, Outbox};
+use outbox::{AckOutcome, Outbox, Outgoing, QueuedEvent};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -82,6 +89,64 @@ impl FixInput {
     }
 }
 
+/// Something that happened to an order the courier carries, as the app has it.
+///
+/// ```
+/// use locus_sdk::client::OrderEventInput;
+/// let pickup = OrderEventInput::picked_up("order-42");
+/// let delivery = OrderEventInput::delivered("order-42")
+///     .with_details(r#"{"signed_by":"Ana","photo":"pod-17.jpg"}"#);
+/// # let _ = (pickup, delivery);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderEventInput {
+    /// The order (a valid id: 1 to 64 ASCII letters, digits, `-`, `_`, `.` or `:`).
+    pub order: String,
+    /// What happened.
+    pub kind: CourierEventKind,
+    /// The event's id, unique per order (a valid id); `None`: a random 128-bit id (32 hex
+    /// digits), chosen when [`Courier::send_event`] is called and kept with the event, so every
+    /// resend (after a reconnect or a restart of the app) carries the same id and the server
+    /// takes it once. Give one to make a retry of the app's own idempotent too.
+    pub event_id: Option<String>,
+    /// When it happened, device time, Unix milliseconds; `None`: now.
+    pub at_ms: Option<u64>,
+    /// JSON text (a proof of delivery, for example), at most 4096 bytes
+    /// ([`crate::wire::MAX_EVENT_DETAILS_BYTES`]).
+    pub details: Option<String>,
+}
+
+impl OrderEventInput {
+    /// `kind` happened to `order` now, with a random event id and no details.
+    pub fn new(order: impl Into<String>, kind: CourierEventKind) -> Self {
+        OrderEventInput { order: order.into(), kind, event_id: None, at_ms: None, details: None }
+    }
+
+    /// The courier picked `order` up.
+    pub fn picked_up(order: impl Into<String>) -> Self {
+        OrderEventInput::new(order, CourierEventKind::PickedUp)
+    }
+
+    /// The courier delivered `order`.
+    pub fn delivered(order: impl Into<String>) -> Self {
+        OrderEventInput::new(order, CourierEventKind::Delivered)
+    }
+
+    /// The same event with `json` as its details.
+    pub fn with_details(self, json: impl Into<String>) -> Self {
+        OrderEventInput { details: Some(json.into()), ..self }
+    }
+}
+
+/// A random 128-bit id as 32 hex digits (the form the server gives events sent without one).
+/// std's `RandomState` is seeded from the operating system's random source, and each new one
+/// has other keys; SipHash under a random key is a pseudo-random function. So the ids do not
+/// repeat, within a run or across restarts, with no extra dependency on phones.
+fn random_event_id() -> String {
+    let half = || RandomState::new().build_hasher().finish();
+    format!("{:016x}{:016x}", half(), half())
+}
+
 /// What the app's UI shows about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -89,7 +154,9 @@ pub struct Status {
     pub connected: bool,
     /// Fixes in the outbox: reported and not yet acknowledged by the server.
     pub queued_fixes: u64,
-    /// Their encoded size.
+    /// Order events in the outbox: sent by the app and not yet acknowledged by the server.
+    pub queued_events: u64,
+    /// The encoded size of the queued fixes and events.
     pub queued_bytes: u64,
     /// The server's last acknowledged sequence number, if it has ever answered this outbox.
     pub last_acked_seq: Option<u64>,
@@ -97,14 +164,21 @@ pub struct Status {
     pub last_ack_unix_ms: Option<u64>,
     /// Fixes the server acknowledged since `connect`.
     pub acked_fixes: u64,
+    /// Order events the server acknowledged since `connect`.
+    pub acked_events: u64,
     /// Reports published since `connect` (resends included).
     pub sent_reports: u64,
+    /// Order events published since `connect` (resends included).
+    pub sent_events: u64,
     /// Fixes dropped at the outbox bound since `connect` ([`WhenFull::DropOldest`]).
     pub dropped_fixes: u64,
     /// Fixes refused at the outbox bound since `connect` ([`WhenFull::RefuseNew`]).
     pub refused_fixes: u64,
-    /// The broker refused the credentials; the client stopped trying. Reported fixes are still
-    /// kept in the outbox for a client with a valid token.
+    /// Order events refused at the outbox bound since `connect` ([`WhenFull::RefuseNew`], or
+    /// an outbox full of events). Events are never dropped.
+    pub refused_events: u64,
+    /// The broker refused the credentials; the client stopped trying. Reported fixes and sent
+    /// events are still kept in the outbox for a client with a valid token.
     pub unauthorized: bool,
     /// The most recent problem (connection failure, refusal, ...), kept after recovery.
     pub last_error: Option<String>,
@@ -121,7 +195,9 @@ struct LinkState {
     last_error: Option<String>,
     last_ack_unix_ms: Option<u64>,
     acked_fixes: u64,
+    acked_events: u64,
     sent_reports: u64,
+    sent_events: u64,
     worker_done: bool,
 }
 
@@ -132,7 +208,7 @@ pub(crate) struct Shared {
     link: Mutex<LinkState>,
     /// Signalled on every change of `link` or the outbox's contents that a waiter may want.
     changed: Condvar,
-    /// Wakes the worker: new fixes, a flush.
+    /// Wakes the worker: new fixes or events, a flush.
     wake: tokio::sync::Notify,
     /// Ends the worker.
     stop: tokio::sync::Notify,
@@ -184,8 +260,12 @@ impl Shared {
         self.update(|l| l.last_error = Some(error));
     }
 
-    fn sent_report(&self) {
-        lock(&self.link).sent_reports += 1;
+    fn sent(&self, item: &Outgoing) {
+        let mut link = lock(&self.link);
+        match item {
+            Outgoing::Report(_) => link.sent_reports += 1,
+            Outgoing::Event(_) => link.sent_events += 1,
+        }
     }
 
     fn worker_done(&self) {
@@ -202,9 +282,10 @@ impl Shared {
 
     fn ack(&self, seq: u64) -> Result<AckOutcome, ClientError> {
         let outcome = self.with_outbox(|o| o.ack(seq))?;
-        if outcome.acked_fixes > 0 {
+        if outcome.acked_fixes > 0 || outcome.acked_events > 0 {
             self.update(|l| {
                 l.acked_fixes += outcome.acked_fixes;
+                l.acked_events += outcome.acked_events;
                 l.last_ack_unix_ms = Some(now_ms());
             });
         }
@@ -226,7 +307,7 @@ impl Courier {
     /// `connect_timeout_ms`) for the first connection attempt to settle.
     ///
     /// Returns `Ok` when connected, and also when the broker cannot be reached (the app works
-    /// offline; fixes are queued and sent later — see [`Courier::status`]). Returns
+    /// offline; fixes and events are queued and sent later — see [`Courier::status`]). Returns
     /// [`ClientError::Unauthorized`] when the broker refuses the credentials.
     pub fn connect(config: CourierConfig) -> Result<Courier, ClientError> {
         if !topics::is_valid_id(&config.courier) {
@@ -321,28 +402,64 @@ impl Courier {
         Ok(())
     }
 
+    /// Queues an order event and returns its event id. When this returns `Ok`, the event is in
+    /// the outbox on disk (fsynced unless configured otherwise), after every fix reported
+    /// before it, and will be delivered like them: numbered in the same sequence as the
+    /// reports (so the server sees it after the positions that preceded it), published on
+    /// `couriers/{courier}/events` without waiting for a batch, resent until the server's ack
+    /// covers it. The bound never drops it; a full outbox refuses it instead
+    /// ([`ClientError::OutboxFull`]): with `drop-oldest`, only when no fix is left to drop.
+    ///
+    /// An event the order's lifecycle refuses (not this courier's order, not in a status that
+    /// allows it) is acked all the same and not resent: the server keeps it as a dead letter
+    /// (`order_event_refused`). Returns [`ClientError::InvalidEvent`] for what the server would
+    /// refuse as malformed: an order or event id that is not a valid id, details that are not
+    /// JSON or longer than 4096 bytes.
+    pub fn send_event(&self, event: OrderEventInput) -> Result<String, ClientError> {
+        let queued = QueuedEvent {
+            order: event.order,
+            kind: event.kind,
+            event_id: event.event_id.unwrap_or_else(random_event_id),
+            at_ms: event.at_ms.unwrap_or_else(now_ms),
+            details: event.details,
+        };
+        if let Some(problem) = queued.problem() {
+            return Err(ClientError::InvalidEvent(problem.to_string()));
+        }
+        let event_id = queued.event_id.clone();
+        self.shared.with_outbox(|o| o.push_event(queued, Instant::now()))?;
+        self.shared.changed.notify_all();
+        self.shared.wake.notify_one();
+        Ok(event_id)
+    }
+
     /// What the UI shows: connection, queue, last ack, last error.
     pub fn status(&self) -> Status {
-        let (queued_fixes, queued_bytes, last_acked_seq, (dropped_fixes, refused_fixes)) =
-            self.shared.with_outbox(|o| (o.fixes(), o.bytes(), o.mark(), o.bound_counters()));
+        let (queued_fixes, queued_events, queued_bytes, last_acked_seq, bound) = self
+            .shared
+            .with_outbox(|o| (o.fixes(), o.events(), o.bytes(), o.mark(), o.bound_counters()));
         let link = lock(&self.shared.link);
         Status {
             connected: link.connected,
             queued_fixes,
+            queued_events,
             queued_bytes,
             last_acked_seq,
             last_ack_unix_ms: link.last_ack_unix_ms,
             acked_fixes: link.acked_fixes,
+            acked_events: link.acked_events,
             sent_reports: link.sent_reports,
-            dropped_fixes,
-            refused_fixes,
+            sent_events: link.sent_events,
+            dropped_fixes: bound.dropped_fixes,
+            refused_fixes: bound.refused_fixes,
+            refused_events: bound.refused_events,
             unauthorized: link.unauthorized.is_some(),
             last_error: link.last_error.clone(),
         }
     }
 
     /// Sends everything queued without waiting for batches to fill, and waits until the server
-    /// has acknowledged all of it (the outbox is empty) or `timeout` passes.
+    /// has acknowledged all of it, fixes and events (the outbox is empty), or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), ClientError> {
         self.shared.flushing.fetch_add(1, Ordering::SeqCst);
         self.shared.wake.notify_one();
@@ -354,8 +471,9 @@ impl Courier {
     fn wait_until_empty(&self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let queued_fixes = self.shared.with_outbox(|o| o.fixes());
-            if queued_fixes == 0 {
+            let (queued_fixes, queued_events) =
+                self.shared.with_outbox(|o| (o.fixes(), o.events()));
+            if queued_fixes == 0 && queued_events == 0 {
                 return Ok(());
             }
             let link = lock(&self.shared.link);
@@ -370,7 +488,7 @@ impl Courier {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ClientError::Timeout { queued_fixes });
+                return Err(ClientError::Timeout { queued_fixes, queued_events });
             }
             // Acks signal `changed`; the cap re-checks the outbox in case a signal fell between
             // the check above and this wait.
@@ -378,8 +496,8 @@ impl Courier {
         }
     }
 
-    /// Stops the background sender and releases the outbox. Unacknowledged fixes stay on disk
-    /// and go out after the next [`Courier::connect`] on the same `data_dir`.
+    /// Stops the background sender and releases the outbox. Unacknowledged fixes and events stay
+    /// on disk and go out after the next [`Courier::connect`] on the same `data_dir`.
     pub fn close(mut self) {
         self.shutdown();
     }
@@ -462,7 +580,7 @@ mod tests {
         assert!(status.last_error.is_some());
         assert!(matches!(
             courier.flush(Duration::from_millis(200)),
-            Err(ClientError::Timeout { queued_fixes: 5 })
+            Err(ClientError::Timeout { queued_fixes: 5, queued_events: 0 })
         ));
         // The outbox is locked while open.
         assert!(matches!(Courier::connect(config.clone()), Err(ClientError::OutboxLocked(_))));
@@ -473,5 +591,50 @@ mod tests {
             courier.report(FixInput::new(95.0, 0.0)),
             Err(ClientError::InvalidFix(_))
         ));
+    }
+
+    #[test]
+    fn order_events_are_checked_then_kept_offline_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CourierConfig::new("127.0.0.1:1", "c-1", Some("t".into()), dir.path());
+        config.backoff = BackoffConfig { initial_ms: 50, max_ms: 100 };
+        let courier = Courier::connect(config.clone()).unwrap();
+        let pickup = courier.send_event(OrderEventInput::picked_up("order-42")).unwrap();
+        let delivery = courier
+            .send_event(OrderEventInput::delivered("order-42").with_details(r#"{"pod":"p-1"}"#))
+            .unwrap();
+        // Random 128-bit ids, as 32 hex digits, a new one each time.
+        for id in [&pickup, &delivery] {
+            assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        assert_ne!(pickup, delivery);
+        let given =
+            OrderEventInput { event_id: Some("mine-1".into()), ..OrderEventInput::picked_up("o") };
+        assert_eq!(courier.send_event(given).unwrap(), "mine-1");
+        // What the server would refuse as malformed is refused here, and not queued.
+        let refused = |event: OrderEventInput| match courier.send_event(event) {
+            Err(ClientError::InvalidEvent(why)) => why,
+            other => panic!("expected InvalidEvent, got {other:?}"),
+        };
+        assert!(refused(OrderEventInput::delivered("has space")).contains("order"));
+        let bad_id =
+            OrderEventInput { event_id: Some(String::new()), ..OrderEventInput::delivered("o") };
+        assert!(refused(bad_id).contains("event_id"));
+        let not_json = OrderEventInput::delivered("o").with_details("signed by Ana");
+        assert!(refused(not_json).contains("not JSON"));
+        let long =
+            OrderEventInput::delivered("o").with_details(format!("\"{}\"", "x".repeat(4095)));
+        assert!(refused(long).contains("4096"));
+
+        let status = courier.status();
+        assert_eq!((status.queued_fixes, status.queued_events), (0, 3));
+        assert!(status.queued_bytes > 0);
+        assert!(matches!(
+            courier.flush(Duration::from_millis(200)),
+            Err(ClientError::Timeout { queued_fixes: 0, queued_events: 3 })
+        ));
+        courier.close();
+        let courier = Courier::connect(config).unwrap();
+        assert_eq!(courier.status().queued_events, 3);
     }
 }

@@ -9,9 +9,11 @@
 //!
 //! A session: connect (CONNECT → CONNACK) → subscribe `couriers/{courier}/acks` → for a fresh
 //! outbox, wait up to `mark_timeout_ms` for the retained ack that says where the server's
-//! numbering is → loop: seal due fixes into reports (up to the in-flight window), publish them at
-//! QoS 1, apply acks to the outbox, republish everything in flight if no ack came for
-//! `ack_timeout_ms`. Between sessions: capped exponential back-off with jitter.
+//! numbering is → loop: seal due fixes into reports and order events into events (up to the
+//! in-flight window), publish them at QoS 1 in seq order (a report on
+//! `couriers/{courier}/locations`, an event on `couriers/{courier}/events`), apply acks to the
+//! outbox, republish everything in flight if no ack came for `ack_timeout_ms`. Between
+//! sessions: capped exponential back-off with jitter.
 //!
 //! Refused credentials end the worker instead of retrying: an explicit CONNACK refusal, or (what
 //! rumqttd does) the broker closing the connection after reading CONNECT, three times in a row.
@@ -19,10 +21,10 @@
 //! restarts.
 
 use super::config::CourierConfig;
-use super::outbox::ReportSize;
+use super::outbox::{Outgoing, ReportSize, Sealed};
 use super::Shared;
 use crate::topics;
-use crate::wire::{self, Report};
+use crate::wire;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
     StateError,
@@ -235,6 +237,7 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
 
     let acks_topic = topics::acks(&config.courier);
     let locations_topic = topics::locations(&config.courier);
+    let events_topic = topics::events(&config.courier);
     if let Err(e) = client.try_subscribe(&acks_topic, QoS::AtLeastOnce) {
         return SessionEnd::Failed {
             connected: true,
@@ -269,8 +272,8 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
         }
 
         // Seal and publish, oldest first, within the in-flight window.
-        let step =
-            shared.with_outbox(|outbox| -> Result<(Vec<Report>, Option<Instant>, bool), String> {
+        let step = shared.with_outbox(
+            |outbox| -> Result<(Vec<Outgoing>, Option<Instant>, bool), String> {
                 if outbox.mark().is_none() {
                     return Ok((Vec::new(), None, false));
                 }
@@ -283,16 +286,13 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
                         .seal(report_size, max_age, room - unsent, force, now)
                         .map_err(|e| e.to_string())?;
                 }
-                let to_send: Vec<Report> = outbox
-                    .sealed()
-                    .skip(inflight)
-                    .take(room)
-                    .map(|r| Report { seq: r.seq, fixes: r.fixes.clone() })
-                    .collect();
+                let to_send: Vec<Outgoing> =
+                    outbox.sealed().skip(inflight).take(room).map(Sealed::outgoing).collect();
                 let seal_due =
                     if outbox.sealed_len() < window { outbox.next_seal_due(max_age) } else { None };
                 Ok((to_send, seal_due, inflight > 0))
-            });
+            },
+        );
         let (to_send, seal_due, had_inflight) = match step {
             Ok(step) => step,
             Err(e) => {
@@ -304,15 +304,16 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
         if !had_inflight && !to_send.is_empty() {
             last_progress = now;
         }
-        for report in &to_send {
-            if client
-                .try_publish(&locations_topic, QoS::AtLeastOnce, false, wire::encode_report(report))
-                .is_err()
-            {
+        for item in &to_send {
+            let (topic, payload) = match item {
+                Outgoing::Report(report) => (&locations_topic, wire::encode_report(report)),
+                Outgoing::Event(event) => (&events_topic, wire::encode_event(event)),
+            };
+            if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_err() {
                 break;
             }
-            sent_upto = report.seq;
-            shared.sent_report();
+            sent_upto = item.seq();
+            shared.sent(item);
         }
         let inflight = had_inflight || !to_send.is_empty();
         if inflight && now.saturating_duration_since(last_progress) >= ack_timeout {
@@ -343,7 +344,10 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
                                     if outcome.rebased {
                                         sent_upto = 0;
                                     }
-                                    if outcome.acked_fixes > 0 || outcome.rebased {
+                                    if outcome.acked_fixes > 0
+                                        || outcome.acked_events > 0
+                                        || outcome.rebased
+                                    {
                                         last_progress = Instant::now();
                                     }
                                 }

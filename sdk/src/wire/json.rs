@@ -7,18 +7,28 @@
 //! ```json
 //! {"seq":1,"fixes":[{"ts":1763700000000,"lat":41.3851,"lon":2.1734}]}   // a report
 //! {"seq":1}                                                            // an ack
+//! {"seq":2,"order":"o-1","event":"delivered","event_id":"e-1","at":1763700000000,
+//!  "details":{"signed_by":"Ana"}}                                      // an order event
 //! ```
+//!
+//! An event's `details` are JSON text on the wire and a JSON value here: JSON → wire writes the
+//! value compactly (`serde_json`'s form: no spaces, object keys sorted), wire → JSON parses the
+//! text, so text with spaces or another key order shows as the same value. Details the server
+//! refuses (not JSON, too long) show as `details_text`, the text as it came, and JSON → wire
+//! refuses them, as it refuses out-of-range values.
 
 use super::{
-    battery_pct_checked, heading_deg_to_cdeg, latitude_to_e7, longitude_to_e7, metres_to_cm, Ack,
-    Fix, FixDetails, Message, Report,
+    battery_pct_checked, details_problem, heading_deg_to_cdeg, latitude_to_e7, longitude_to_e7,
+    metres_to_cm, Ack, CourierEvent, CourierEventKind, EventProblem, Fix, FixDetails, Message,
+    Report, MAX_EVENT_DETAILS_BYTES,
 };
 use crate::topics::is_valid_id;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// Any message as JSON. A report is recognised by its `fixes`.
+/// Any message as JSON. A report is recognised by its `fixes`, an event by its `order`, `event`,
+/// `event_id` and `at`; every kind refuses the others' fields, so no JSON is more than one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MessageJson {
@@ -26,6 +36,8 @@ pub enum MessageJson {
     Report(ReportJson),
     /// See [`AckJson`].
     Ack(AckJson),
+    /// See [`EventJson`].
+    Event(EventJson),
 }
 
 /// A report as JSON.
@@ -44,6 +56,34 @@ pub struct ReportJson {
 pub struct AckJson {
     /// Highest committed sequence number.
     pub seq: u64,
+}
+
+/// An order event as JSON (see the module doc for `details`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventJson {
+    /// Per-courier sequence number, shared with reports.
+    pub seq: u64,
+    /// Order id.
+    pub order: String,
+    /// `picked_up` or `delivered`.
+    pub event: CourierEventKind,
+    /// The sender's id for the event (a valid id).
+    pub event_id: String,
+    /// Device time, Unix milliseconds.
+    pub at: u64,
+    /// Optional JSON (`null` included: it is a value, sent as the text `null`).
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// Details the server refuses (not JSON, or too long), as the text that came: shown by
+    /// wire → JSON instead of `details`, refused by JSON → wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details_text: Option<String>,
+}
+
+/// `details` present is `Some`, even when it is `null` (absent is `None` through `default`).
+fn present<'de, D: Deserializer<'de>>(value: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(value).map(Some)
 }
 
 /// A fix as JSON.
@@ -93,6 +133,21 @@ impl core::fmt::Display for JsonValueError {
 
 #[cfg(feature = "std")]
 impl std::error::Error for JsonValueError {}
+
+impl JsonValueError {
+    /// The error for an event field with `problem` (whose code it carries).
+    fn event(field: &str, problem: &EventProblem) -> JsonValueError {
+        let message = match problem {
+            EventProblem::ZeroSeq => "must be at least 1",
+            EventProblem::BadOrderId | EventProblem::BadEventId => {
+                "must be 1-64 characters of letters, digits, - _ . :"
+            }
+            EventProblem::DetailsTooLong { .. } => "must be at most 4096 bytes once written",
+            EventProblem::DetailsNotJson(_) => "must be JSON",
+        };
+        JsonValueError { field: field.to_string(), problem: message, code: problem.code() }
+    }
+}
 
 const COORDINATES: &str = "coordinates_out_of_range";
 const DETAIL: &str = "detail_out_of_range";
@@ -196,6 +251,77 @@ impl From<&Report> for ReportJson {
     }
 }
 
+impl TryFrom<&EventJson> for CourierEvent {
+    type Error = JsonValueError;
+
+    /// Refuses what the server would refuse in the event's fields: an invalid `order` or
+    /// `event_id`, details too long once written compactly, and `details_text`. As for reports,
+    /// `seq` is left to the server (0 is dead-lettered there as `zero_seq`).
+    fn try_from(json: &EventJson) -> Result<Self, Self::Error> {
+        if !is_valid_id(&json.order) {
+            return Err(JsonValueError::event("order", &EventProblem::BadOrderId));
+        }
+        if !is_valid_id(&json.event_id) {
+            return Err(JsonValueError::event("event_id", &EventProblem::BadEventId));
+        }
+        if let Some(text) = &json.details_text {
+            // Only the view of refused details has it; valid details are given as `details`.
+            return Err(match details_problem(text) {
+                Some(problem) => JsonValueError::event("details_text", &problem),
+                None => JsonValueError {
+                    field: "details_text".to_string(),
+                    problem: "only shows refused details: give these as `details`",
+                    code: "bad_event_details",
+                },
+            });
+        }
+        let details = match &json.details {
+            Some(value) => {
+                // A `Value` always serializes: its map keys are strings.
+                let text = serde_json::to_string(value).unwrap_or_default();
+                if let Some(problem) = details_problem(&text) {
+                    return Err(JsonValueError::event("details", &problem));
+                }
+                Some(text)
+            }
+            None => None,
+        };
+        Ok(CourierEvent {
+            seq: json.seq,
+            order: json.order.clone(),
+            kind: json.event,
+            event_id: json.event_id.clone(),
+            at_ms: json.at,
+            details,
+        })
+    }
+}
+
+impl From<&CourierEvent> for EventJson {
+    fn from(event: &CourierEvent) -> Self {
+        // Valid details (short enough, and JSON: they parse) as a value, others as text.
+        let value = |text: &str| {
+            (text.len() <= MAX_EVENT_DETAILS_BYTES)
+                .then(|| serde_json::from_str::<serde_json::Value>(text).ok())
+                .flatten()
+        };
+        let (details, details_text) = match event.details.as_deref().map(|t| (t, value(t))) {
+            None => (None, None),
+            Some((_, Some(value))) => (Some(value), None),
+            Some((text, None)) => (None, Some(text.to_string())),
+        };
+        EventJson {
+            seq: event.seq,
+            order: event.order.clone(),
+            event: event.kind,
+            event_id: event.event_id.clone(),
+            at: event.at_ms,
+            details,
+            details_text,
+        }
+    }
+}
+
 impl TryFrom<&MessageJson> for Message {
     type Error = JsonValueError;
 
@@ -203,6 +329,7 @@ impl TryFrom<&MessageJson> for Message {
         Ok(match json {
             MessageJson::Report(report) => Message::Report(report.try_into()?),
             MessageJson::Ack(ack) => Message::Ack(Ack { seq: ack.seq }),
+            MessageJson::Event(event) => Message::Event(event.try_into()?),
         })
     }
 }
@@ -212,6 +339,119 @@ impl From<&Message> for MessageJson {
         match message {
             Message::Report(report) => MessageJson::Report(report.into()),
             Message::Ack(ack) => MessageJson::Ack(AckJson { seq: ack.seq }),
+            Message::Event(event) => MessageJson::Event(event.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode, encode};
+
+    fn parse(text: &str) -> Result<MessageJson, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    const EVENT: &str =
+        r#"{"seq":7,"order":"o-1","event":"delivered","event_id":"e-1","at":1763700000000}"#;
+
+    #[test]
+    fn an_event_is_never_taken_for_a_report_or_an_ack_nor_they_for_it() {
+        assert!(matches!(parse(EVENT), Ok(MessageJson::Event(_))));
+        assert!(matches!(parse(r#"{"seq":7}"#), Ok(MessageJson::Ack(_))));
+        let report = r#"{"seq":7,"fixes":[{"ts":1,"lat":1.0,"lon":2.0}]}"#;
+        assert!(matches!(parse(report), Ok(MessageJson::Report(_))));
+        // An event missing a field, or with a report's or an unknown field, is nothing: never
+        // an ack that happens to have a seq.
+        for bad in [
+            r#"{"seq":7,"order":"o-1","event":"delivered","at":1763700000000}"#,
+            r#"{"seq":7,"order":"o-1","event":"delivered","event_id":"e-1"}"#,
+            r#"{"seq":7,"order":"o-1","event":"cancelled","event_id":"e-1","at":1}"#,
+            r#"{"seq":7,"order":"o-1","event":"delivered","event_id":"e-1","at":1,"fixes":[]}"#,
+            r#"{"seq":7,"order":"o-1","event":"delivered","event_id":"e-1","at":1,"detail":{}}"#,
+            r#"{"seq":7,"order":"o-1"}"#,
+            r#"{"seq":7,"fixes":[],"order":"o-1"}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad} parsed as {:?}", parse(bad));
+        }
+        // And what each kind writes parses back as that kind.
+        for text in [EVENT, r#"{"seq":7}"#, report] {
+            let message = Message::try_from(&parse(text).unwrap()).unwrap();
+            let again = serde_json::to_string(&MessageJson::from(&message)).unwrap();
+            assert_eq!(Message::try_from(&parse(&again).unwrap()), Ok(message), "{text}");
+        }
+    }
+
+    #[test]
+    fn details_are_a_value_in_json_and_compact_text_on_the_wire() {
+        let json = parse(
+            r#"{"seq":7,"order":"o-1","event":"delivered","event_id":"e-1","at":1,
+                "details":{"signed_by": "Ana", "photo": {"id": "p-9"}, "n": [1, 2.5]}}"#,
+        )
+        .unwrap();
+        let Ok(Message::Event(event)) = Message::try_from(&json) else { panic!("{json:?}") };
+        assert_eq!(
+            event.details.as_deref(),
+            Some(r#"{"n":[1,2.5],"photo":{"id":"p-9"},"signed_by":"Ana"}"#)
+        );
+        assert_eq!(MessageJson::from(&decode(&encode(&Message::Event(event))).unwrap()), json);
+        // `null` is a value; absent is no details.
+        let null = parse(&EVENT.replace('}', r#","details":null}"#)).unwrap();
+        let Ok(Message::Event(event)) = Message::try_from(&null) else { panic!() };
+        assert_eq!(event.details.as_deref(), Some("null"));
+        assert_eq!(MessageJson::from(&Message::Event(event)), null);
+        let Ok(Message::Event(event)) = Message::try_from(&parse(EVENT).unwrap()) else { panic!() };
+        assert_eq!(event.details, None);
+        assert!(!serde_json::to_string(&MessageJson::from(&Message::Event(event)))
+            .unwrap()
+            .contains("details"));
+    }
+
+    #[test]
+    fn refused_details_show_as_text_and_do_not_go_back_on_the_wire() {
+        let mut event = CourierEvent {
+            seq: 7,
+            order: "o-1".into(),
+            kind: CourierEventKind::PickedUp,
+            event_id: "e-1".into(),
+            at_ms: 1,
+            details: Some("{not json".into()),
+        };
+        let view = EventJson::from(&event);
+        assert_eq!(
+            (view.details.as_ref(), view.details_text.as_deref()),
+            (None, Some("{not json"))
+        );
+        let err = CourierEvent::try_from(&view).unwrap_err();
+        assert_eq!((err.field.as_str(), err.code), ("details_text", "bad_event_details"));
+        // Valid JSON, but too long: refused too, though written compactly it might fit.
+        event.details = Some(alloc::format!("[{}1]", " ".repeat(MAX_EVENT_DETAILS_BYTES)));
+        let view = EventJson::from(&event);
+        assert!(view.details.is_none() && view.details_text.is_some());
+        assert_eq!(CourierEvent::try_from(&view).unwrap_err().field, "details_text");
+        // Hand-written `details_text` with valid JSON: told to use `details`.
+        let view = EventJson { details_text: Some("{}".into()), ..view };
+        let err = CourierEvent::try_from(&view).unwrap_err();
+        assert!(err.problem.contains("`details`"), "{err}");
+    }
+
+    #[test]
+    fn event_fields_outside_their_rules_are_refused_naming_them() {
+        let refused = |text: &str| {
+            let json = parse(text).unwrap();
+            let err = Message::try_from(&json).unwrap_err();
+            (err.field, err.code)
+        };
+        assert_eq!(refused(&EVENT.replace("\"o-1\"", "\"o/1\"")), ("order".into(), "bad_order_id"));
+        assert_eq!(refused(&EVENT.replace("\"e-1\"", "\"\"")), ("event_id".into(), "bad_event_id"));
+        let long = alloc::format!("\"{}\"", "x".repeat(MAX_EVENT_DETAILS_BYTES - 1));
+        assert_eq!(
+            refused(&EVENT.replace('}', &alloc::format!(r#","details":{long}}}"#))),
+            ("details".into(), "bad_event_details")
+        );
+        // As for reports, seq 0 is the server's to refuse.
+        let zero = parse(&EVENT.replace("\"seq\":7", "\"seq\":0")).unwrap();
+        assert!(Message::try_from(&zero).is_ok());
     }
 }

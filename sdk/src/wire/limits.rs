@@ -27,6 +27,17 @@ pub const fn max_report_bytes(fixes: usize) -> usize {
     MAX_REPORT_OVERHEAD_BYTES + fixes * MAX_FIX_BYTES
 }
 
+/// Largest encoding of a [`super::CourierEvent`], message and version included: ids of
+/// [`MAX_ID_LEN`] bytes, details of [`super::MAX_EVENT_DETAILS_BYTES`]. Far below
+/// [`DEFAULT_MAX_REPORT_BYTES`], so any valid event fits in one publish.
+pub const MAX_EVENT_BYTES: usize = 1 + 1 // version byte, message tag
+    + 10 // seq: u64
+    + (1 + MAX_ID_LEN) // order: length varint (≤ 127) + bytes
+    + 1 // kind: enum index (< 128 kinds)
+    + (1 + MAX_ID_LEN) // event_id
+    + 10 // at_ms: u64
+    + (1 + 2 + super::MAX_EVENT_DETAILS_BYTES); // details: Some, length varint (≤ 16383), text
+
 /// Bytes an MQTT PUBLISH of a report adds around the payload, at most, on the longest
 /// locations topic: topic length (2) and topic, packet id (2), and room for MQTT 5 properties a
 /// well-behaved client might set (128). The broker's packet limit counts all of these.
@@ -48,11 +59,16 @@ pub const DEFAULT_MAX_FIXES_PER_REPORT: usize = 600;
 const _: () = assert!(max_report_bytes(DEFAULT_MAX_FIXES_PER_REPORT) <= DEFAULT_MAX_REPORT_BYTES);
 const _: () =
     assert!(DEFAULT_MAX_REPORT_BYTES + MAX_PUBLISH_OVERHEAD_BYTES <= DEFAULT_MAX_PACKET_BYTES);
+// The events topic is shorter than the locations topic, so the same overhead covers it.
+const _: () = assert!(MAX_EVENT_BYTES <= DEFAULT_MAX_REPORT_BYTES);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{encode_report, Fix, FixDetails, Report};
+    use crate::wire::{
+        encode_event, encode_report, CourierEvent, CourierEventKind, Fix, FixDetails, Report,
+        MAX_EVENT_DETAILS_BYTES,
+    };
     use alloc::vec;
 
     fn largest_fix() -> Fix {
@@ -77,5 +93,20 @@ mod tests {
         assert_eq!(two.len() - one.len(), MAX_FIX_BYTES);
         // The fix count's varint is 1 byte here and at most 5 in the bound.
         assert_eq!(one.len() + 4, max_report_bytes(1));
+    }
+
+    #[test]
+    fn the_event_bound_is_reached_exactly_by_the_largest_values() {
+        let largest = CourierEvent {
+            seq: u64::MAX,
+            order: "o".repeat(MAX_ID_LEN),
+            kind: CourierEventKind::Delivered,
+            event_id: "e".repeat(MAX_ID_LEN),
+            at_ms: u64::MAX,
+            // A JSON string: quotes and 4094 letters.
+            details: Some(alloc::format!("\"{}\"", "x".repeat(MAX_EVENT_DETAILS_BYTES - 2))),
+        };
+        assert_eq!(largest.problem(), None);
+        assert_eq!(encode_event(&largest).len(), MAX_EVENT_BYTES);
     }
 }

@@ -1,15 +1,19 @@
 //! The Locus wire format: versioned, compact postcard.
 //!
 //! Every message on the wire is one version byte ([`VERSION`]) followed by the postcard encoding
-//! of a [`Message`] (whose first byte is the variant: `0` = report, `1` = ack). Integers wider than
-//! a byte are varints (`battery_pct`, a `u8`, is one raw byte), coordinates are fixed-point (1e-7
-//! degree, about 1 cm), optional fields cost one byte when absent, so a one-fix report without
-//! details is at most 24 bytes.
+//! of a [`Message`] (whose first byte is the variant: `0` = report, `1` = ack, `2` = order event).
+//! Integers wider than a byte are varints (`battery_pct`, a `u8`, is one raw byte), coordinates
+//! are fixed-point (1e-7 degree, about 1 cm), optional fields cost one byte when absent, so a
+//! one-fix report without details is at most 24 bytes.
+//!
+//! Enters: bytes from MQTT ([`decode`], [`decode_report`], [`decode_ack`], [`decode_event`]) or
+//! values to send ([`encode`] and the per-kind helpers). Leaves: the other of the two.
 //!
 //! The valid range of every field is a constant here ([`LAT_E7_RANGE`], [`MAX_HEADING_CDEG`],
-//! ...), checked by the server ([`Fix::out_of_range`]) and by every conversion from natural units
-//! ([`latitude_to_e7`], [`heading_deg_to_cdeg`], ...), which refuse out-of-range values instead
-//! of wrapping or clamping them.
+//! [`MAX_EVENT_DETAILS_BYTES`], ...), checked by the server ([`Fix::out_of_range`],
+//! [`CourierEvent::problem`]) and by every conversion from natural units ([`latitude_to_e7`],
+//! [`heading_deg_to_cdeg`], ...) or JSON ([`json`]), which refuse out-of-range values instead of
+//! wrapping or clamping them.
 //!
 //! The JSON view of the same messages ([`json`]) is what people and other tools see; `WIRE.md`
 //! beside this crate lists test vectors (hex ⇄ JSON) that `tests/wire_vectors.rs` checks.
@@ -40,6 +44,11 @@ pub const MAX_HEADING_CDEG: u16 = 35_999;
 /// Largest valid [`FixDetails::battery_pct`], inclusive; the range starts at 0.
 pub const MAX_BATTERY_PCT: u8 = 100;
 
+/// Most bytes of [`CourierEvent::details`] (its UTF-8 text), inclusive. Room for a proof of
+/// delivery (who signed, a photo's id, a note) while keeping an event far below any packet
+/// limit ([`limits::MAX_EVENT_BYTES`]).
+pub const MAX_EVENT_DETAILS_BYTES: usize = 4096;
+
 /// Any Locus wire message. New variants are only ever appended, so existing tags keep their
 /// meaning within a [`VERSION`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +57,8 @@ pub enum Message {
     Report(Report),
     /// Server → device on `couriers/{courier}/acks`.
     Ack(Ack),
+    /// Device → server on `couriers/{courier}/events`.
+    Event(CourierEvent),
 }
 
 /// A batch of fixes from one courier. The courier is not in the payload: it is the topic's (and
@@ -98,6 +109,145 @@ pub struct FixDetails {
 pub struct Ack {
     /// Highest committed sequence number.
     pub seq: u64,
+}
+
+/// Device → server on `couriers/{courier}/events`: something that happened to an order the
+/// courier carries. Shares the courier's report seq space, so the same ack watermark covers it
+/// and the SDK's outbox keeps it until acked. The courier is the topic's, as for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CourierEvent {
+    /// The courier's sequence number, from the same sequence as [`Report::seq`] (≥ 1; one
+    /// sequence per courier for reports and events together), so acks and dedup treat events
+    /// and reports alike, and an event numbered after a report happened after its fixes.
+    pub seq: u64,
+    /// The order (valid: [`crate::topics::is_valid_id`]).
+    pub order: String,
+    /// What happened.
+    pub kind: CourierEventKind,
+    /// The sender's id for this event (valid: [`crate::topics::is_valid_id`]), unique per
+    /// order: the server takes an event id it has seen for the order as a resend and changes
+    /// nothing.
+    pub event_id: String,
+    /// When it happened, device time, Unix milliseconds.
+    pub at_ms: u64,
+    /// Optional JSON text (a proof of delivery, for example), at most
+    /// [`MAX_EVENT_DETAILS_BYTES`] bytes; kept as text so the server stores it as sent.
+    pub details: Option<String>,
+}
+
+/// What happened to an order, as a courier reports it. On the wire, the variant's index; new
+/// kinds are only ever appended (a server that does not know one refuses the event as
+/// `malformed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CourierEventKind {
+    /// The courier has the order (index 0).
+    PickedUp,
+    /// The customer has the order (index 1).
+    Delivered,
+}
+
+impl CourierEventKind {
+    /// The name in JSON and in the server's order lifecycle (`picked_up`, `delivered`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CourierEventKind::PickedUp => "picked_up",
+            CourierEventKind::Delivered => "delivered",
+        }
+    }
+}
+
+impl core::fmt::Display for CourierEventKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is wrong with a decoded [`CourierEvent`] ([`CourierEvent::problem`]): the server
+/// refuses the event as a whole, with [`EventProblem::code`] as its dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventProblem {
+    /// `seq` is 0 (sequence numbers start at 1).
+    ZeroSeq,
+    /// `order` is not a valid id.
+    BadOrderId,
+    /// `event_id` is not a valid id.
+    BadEventId,
+    /// `details` is longer than [`MAX_EVENT_DETAILS_BYTES`].
+    DetailsTooLong {
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// `details` is not JSON: what the parser said.
+    DetailsNotJson(String),
+}
+
+impl EventProblem {
+    /// The dead-letter reason, a stable code: `zero_seq` and `bad_order_id` as for reports,
+    /// `bad_event_id`, and `bad_event_details` for details too long or not JSON.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventProblem::ZeroSeq => "zero_seq",
+            EventProblem::BadOrderId => "bad_order_id",
+            EventProblem::BadEventId => "bad_event_id",
+            EventProblem::DetailsTooLong { .. } | EventProblem::DetailsNotJson(_) => {
+                "bad_event_details"
+            }
+        }
+    }
+}
+
+/// The rule a valid id follows, for messages that name an id refused.
+const ID_RULE: &str = "1-64 characters of letters, digits, - _ . :";
+
+impl core::fmt::Display for EventProblem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EventProblem::ZeroSeq => write!(f, "seq must be at least 1"),
+            EventProblem::BadOrderId => write!(f, "order must be {ID_RULE}"),
+            EventProblem::BadEventId => write!(f, "event_id must be {ID_RULE}"),
+            EventProblem::DetailsTooLong { bytes } => {
+                write!(f, "details are {bytes} bytes, at most {MAX_EVENT_DETAILS_BYTES}")
+            }
+            EventProblem::DetailsNotJson(error) => write!(f, "details are not JSON: {error}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for EventProblem {}
+
+impl CourierEvent {
+    /// What makes the server refuse this event as a whole, or `None` when it is well formed:
+    /// `seq` 0, an `order` or `event_id` that is not a valid id, `details` too long or not JSON
+    /// ([`details_problem`]). The first problem found, in that order. Whether the order's
+    /// lifecycle accepts the event (is the order assigned to this courier, in which status) is
+    /// the server's to decide, not a problem of the message.
+    pub fn problem(&self) -> Option<EventProblem> {
+        if self.seq == 0 {
+            return Some(EventProblem::ZeroSeq);
+        }
+        if !crate::topics::is_valid_id(&self.order) {
+            return Some(EventProblem::BadOrderId);
+        }
+        if !crate::topics::is_valid_id(&self.event_id) {
+            return Some(EventProblem::BadEventId);
+        }
+        self.details.as_deref().and_then(details_problem)
+    }
+}
+
+/// What is wrong with an event's details text: longer than [`MAX_EVENT_DETAILS_BYTES`], or not
+/// one JSON value (as `serde_json` reads JSON: nesting at most 128 deep, numbers that fit an
+/// `f64`). `None` when the text is valid details.
+pub fn details_problem(details: &str) -> Option<EventProblem> {
+    if details.len() > MAX_EVENT_DETAILS_BYTES {
+        return Some(EventProblem::DetailsTooLong { bytes: details.len() });
+    }
+    // `IgnoredAny` checks the syntax without building a value.
+    serde_json::from_str::<serde::de::IgnoredAny>(details)
+        .err()
+        .map(|e| EventProblem::DetailsNotJson(alloc::string::ToString::to_string(&e)))
 }
 
 /// Why bytes could not be decoded as a Locus message.
@@ -160,6 +310,7 @@ impl Message {
         match self {
             Message::Report(_) => "report",
             Message::Ack(_) => "ack",
+            Message::Event(_) => "event",
         }
     }
 }
@@ -210,6 +361,20 @@ pub fn encode_ack(ack: Ack) -> Vec<u8> {
 pub fn decode_ack(bytes: &[u8]) -> Result<Ack, WireError> {
     match decode(bytes)? {
         Message::Ack(ack) => Ok(ack),
+        other => Err(WireError::UnexpectedKind(other.kind())),
+    }
+}
+
+/// Encodes an order event (see [`encode`]).
+pub fn encode_event(event: &CourierEvent) -> Vec<u8> {
+    // Cloning keeps `Message` owning its data, as for reports; events are small and rare.
+    encode(&Message::Event(event.clone()))
+}
+
+/// Decodes bytes that must be an order event.
+pub fn decode_event(bytes: &[u8]) -> Result<CourierEvent, WireError> {
+    match decode(bytes)? {
+        Message::Event(event) => Ok(event),
         other => Err(WireError::UnexpectedKind(other.kind())),
     }
 }
@@ -398,6 +563,90 @@ mod tests {
         assert_eq!(
             decode_report(&encode_ack(Ack { seq: 1 })),
             Err(WireError::UnexpectedKind("ack"))
+        );
+    }
+
+    fn event(details: Option<&str>) -> CourierEvent {
+        CourierEvent {
+            seq: 7,
+            order: "order-42".into(),
+            kind: CourierEventKind::Delivered,
+            event_id: "e-1".into(),
+            at_ms: 1_763_700_000_000,
+            details: details.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn events_round_trip_as_message_two_and_are_no_other_kind() {
+        for event in [event(None), event(Some(r#"{"signed_by":"Ana"}"#))] {
+            let bytes = encode_event(&event);
+            assert_eq!(&bytes[..3], &[VERSION, 2, 7], "version, Message::Event, seq");
+            assert_eq!(decode_event(&bytes), Ok(event.clone()));
+            assert_eq!(decode(&bytes).map(|m| m.kind()), Ok("event"));
+            assert_eq!(decode_report(&bytes), Err(WireError::UnexpectedKind("event")));
+            assert_eq!(decode_ack(&bytes), Err(WireError::UnexpectedKind("event")));
+        }
+        assert_eq!(
+            decode_event(&encode_report(&one_fix_report(1))),
+            Err(WireError::UnexpectedKind("report"))
+        );
+        assert_eq!(
+            decode_event(&encode_ack(Ack { seq: 1 })),
+            Err(WireError::UnexpectedKind("ack"))
+        );
+    }
+
+    #[test]
+    fn event_kinds_are_indexes_and_unknown_ones_are_malformed() {
+        let mut bytes =
+            encode_event(&CourierEvent { kind: CourierEventKind::PickedUp, ..event(None) });
+        // version, tag, seq, order (length + 8 bytes), then the kind.
+        let kind_at = 3 + 1 + "order-42".len();
+        assert_eq!(bytes[kind_at], 0);
+        bytes[kind_at] = 1;
+        assert_eq!(decode_event(&bytes).map(|e| e.kind), Ok(CourierEventKind::Delivered));
+        bytes[kind_at] = 2;
+        assert!(matches!(decode_event(&bytes), Err(WireError::Malformed(_))));
+        assert_eq!(CourierEventKind::PickedUp.as_str(), "picked_up");
+        assert_eq!(CourierEventKind::Delivered.as_str(), "delivered");
+    }
+
+    #[test]
+    fn event_problems_name_the_first_thing_wrong() {
+        assert_eq!(event(None).problem(), None);
+        assert_eq!(event(Some("[1, 2.5, \"x\", null]")).problem(), None);
+        let problem = |e: CourierEvent| e.problem().map(|p| p.code());
+        assert_eq!(problem(CourierEvent { seq: 0, ..event(None) }), Some("zero_seq"));
+        assert_eq!(
+            problem(CourierEvent { order: "a/b".into(), ..event(None) }),
+            Some("bad_order_id")
+        );
+        assert_eq!(
+            problem(CourierEvent { order: String::new(), ..event(None) }),
+            Some("bad_order_id")
+        );
+        let long_id = "e".repeat(crate::topics::MAX_ID_LEN + 1);
+        assert_eq!(
+            problem(CourierEvent { event_id: long_id, ..event(None) }),
+            Some("bad_event_id")
+        );
+        for not_json in ["", "{", "{\"a\":1} {}", "photo.jpg", "{'a':1}"] {
+            let p = event(Some(not_json)).problem();
+            assert!(matches!(p, Some(EventProblem::DetailsNotJson(_))), "{not_json:?}: {p:?}");
+        }
+        // The bound is inclusive, counted in bytes of the text.
+        let fits = alloc::format!("\"{}\"", "é".repeat((MAX_EVENT_DETAILS_BYTES - 2) / 2));
+        assert_eq!(fits.len(), MAX_EVENT_DETAILS_BYTES);
+        assert_eq!(event(Some(&fits)).problem(), None);
+        let over = alloc::format!("\"{}\"", "x".repeat(MAX_EVENT_DETAILS_BYTES - 1));
+        assert_eq!(
+            event(Some(&over)).problem(),
+            Some(EventProblem::DetailsTooLong { bytes: MAX_EVENT_DETAILS_BYTES + 1 })
+        );
+        assert_eq!(
+            alloc::string::ToString::to_string(&EventProblem::DetailsTooLong { bytes: 5000 }),
+            "details are 5000 bytes, at most 4096"
         );
     }
 }
