@@ -25,6 +25,8 @@ need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)   # tests/tls.rs: HTTPS with --cacert
+# tests/order_notifications.rs: a local SMTP sink (Debian's aiosmtpd, for the system python3).
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   sudo_cmd=""

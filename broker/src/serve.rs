@@ -64,13 +64,28 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
 
     let plugins = plugins::start(&config.plugins, &store)?;
     intake = intake.with_transform(Box::new(plugins.chain()));
-    let (intake, orders) = intake.with_order_desk();
+    let deliveries = Arc::new(
+        crate::notify::Deliveries::open(store.notifications_tree())
+            .context("opening the notifications in the store")?,
+    );
+    intake =
+        intake.with_notifications(crate::notify::Rules::new(&config.notify), deliveries.clone());
+    let (intake, orders) = intake.with_orders(&config.orders);
 
-    let link = mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), metrics.clone())?;
+    let active_orders = store.clone();
+    let order_gate = Arc::new(move |order: &str| {
+        active_orders.order_status(order).is_some_and(|status| !status.is_ended())
+    });
+    let link =
+        mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), order_gate, metrics.clone())?;
     let mut pipeline = PipelineHandle::start(intake, link)?;
     let pipeline_ended = pipeline.ended();
 
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
+    // Always running, rules or not: deliveries staged under an earlier configuration still go
+    // (or die saying their channel is gone).
+    let notifier = crate::notify::start(deliveries.clone(), config.notify.clone(), metrics.clone())
+        .context("starting the notifier ([notify])")?;
 
     let state = ApiState {
         store: store.clone(),
@@ -80,6 +95,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         health,
         plugins,
         orders,
+        notifications: deliveries,
     };
     // The API stops on `shutdown`; everything else stops after it, in order.
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -113,6 +129,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
 
     tracing::info!("shutting down: draining the pipeline");
     pruner.abort();
+    // A delivery cut off here is attempted again at the next start (at least once).
+    notifier.abort();
     tokio::task::spawn_blocking(move || pipeline.shutdown()).await?;
     store.flush().context("final flush")?;
     tokio::task::spawn_blocking(move || checkpointer.stop()).await?;

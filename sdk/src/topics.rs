@@ -4,8 +4,9 @@
 //! |------------------------------|--------------------|----------------------|
 //! | `couriers/{courier}/locations` | device → server  | [`crate::wire::Report`] |
 //! | `couriers/{courier}/acks`      | server → device  | [`crate::wire::Ack`] (retained) |
-//! | `couriers/{courier}/events`    | device → server  | [`crate::wire::CourierEvent`] |
-//! | `orders/{order}/status`        | server → customers | order status (retained, reserved) |
+//! | `couriers/{courier}/events`    | device → server  | [`crate::wire::CourierEvent`] (picked up, delivered) |
+//! | `orders/{order}/status`        | server → customers | the order's status, JSON (retained) |
+//! | `orders/{order}/location`      | server → customers | the active order's position, JSON (retained) |
 
 use alloc::format;
 use alloc::string::String;
@@ -39,17 +40,22 @@ pub fn order_status(order: &str) -> String {
     format!("orders/{order}/status")
 }
 
-/// The courier id in a `couriers/{courier}/locations` topic, if the topic is one and the id is
-/// valid.
-pub fn courier_of_locations(topic: &str) -> Option<&str> {
-    let courier = topic.strip_prefix("couriers/")?.strip_suffix("/locations")?;
-    is_valid_id(courier).then_some(courier)
+/// Topic customers subscribe to for an active order's position.
+pub fn order_location(order: &str) -> String {
+    format!("orders/{order}/location")
 }
 
 /// The courier id in a `couriers/{courier}/events` topic, if the topic is one and the id is
 /// valid.
 pub fn courier_of_events(topic: &str) -> Option<&str> {
     let courier = topic.strip_prefix("couriers/")?.strip_suffix("/events")?;
+    is_valid_id(courier).then_some(courier)
+}
+
+/// The courier id in a `couriers/{courier}/locations` topic, if the topic is one and the id is
+/// valid.
+pub fn courier_of_locations(topic: &str) -> Option<&str> {
+    let courier = topic.strip_prefix("couriers/")?.strip_suffix("/locations")?;
     is_valid_id(courier).then_some(courier)
 }
 

@@ -276,6 +276,19 @@ impl LocusServer {
         (status, body)
     }
 
+    /// POST of JSON `body` with `token`; the status and the JSON body.
+    pub fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http_client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
     /// GET that must answer 200 with JSON.
     pub fn get_ok(&self, path: &str) -> Value {
         let (status, body) = self.get(path);
@@ -461,6 +474,14 @@ impl TestCourier {
     /// Publishes a report.
     pub fn publish(&self, report: &wire::Report) {
         self.publish_raw(wire::encode_report(report));
+    }
+
+    /// Publishes an order event on this courier's events topic (QoS 1).
+    pub fn publish_event(&self, event: &wire::CourierEvent) {
+        let payload = wire::encode_event(event);
+        self.client
+            .publish(topics::events(&self.id), rumqttc::QoS::AtLeastOnce, false, payload)
+            .expect("publish");
     }
 
     /// The highest ack that has arrived so far, without waiting.

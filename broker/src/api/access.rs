@@ -101,8 +101,12 @@ pub static ROUTES: &[Route] = &[
     Route { method: Method::GET, path: "/v1/orders/{id}", access: ORDER_READ, handler: |m| on(m, super::orders::show) },
     Route { method: Method::POST, path: "/v1/orders/{id}/events", access: ORDER_WRITE, handler: |m| on(m, super::orders::post_event) },
     Route { method: Method::GET, path: "/v1/orders/{id}/location", access: ORDER_READ, handler: |m| on(m, super::order_location) },
+    Route { method: Method::POST, path: "/v1/orders/{id}/tokens", access: ORDER_WRITE, handler: |m| on(m, super::orders::issue_token) },
     // Operations: admin.
     Route { method: Method::GET, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters) },
+    Route { method: Method::GET, path: "/v1/notifications", access: ADMIN, handler: |m| on(m, super::notifications::list) },
+    Route { method: Method::POST, path: "/v1/notifications/{id}/replay", access: ADMIN, handler: |m| on(m, super::notifications::replay) },
+    Route { method: Method::POST, path: "/v1/notifications/replay", access: ADMIN, handler: |m| on(m, super::notifications::replay_dead) },
     Route { method: Method::GET, path: "/v1/plugins", access: ADMIN, handler: |m| on(m, plugins::list) },
     Route { method: Method::GET, path: "/v1/plugins/{name}", access: ADMIN, handler: |m| on(m, plugins::show) },
     Route { method: Method::PUT, path: "/v1/plugins/{name}", access: ADMIN, handler: plugins::deploy_route },

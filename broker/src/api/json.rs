@@ -1,37 +1,8 @@
 //! JSON shapes of the API's answers.
 
+pub use crate::store::FixView;
 use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource, StoredFix};
-use locus_sdk::wire::json::FixJson;
 use serde::Serialize;
-use std::collections::BTreeMap;
-
-/// A fix as the API shows it: the courier, the fix's JSON view (`ts`, `lat`, `lon`, optional
-/// `accuracy`, `speed`, `heading`, `battery`, `order`), plugin attributes and receive time.
-#[derive(Debug, Serialize)]
-pub struct FixView {
-    /// The courier.
-    pub courier: String,
-    /// The fix.
-    #[serde(flatten)]
-    pub fix: FixJson,
-    /// Attributes added by plugins.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, String>,
-    /// Server receive time, Unix ms.
-    pub received_ms: u64,
-}
-
-impl FixView {
-    /// The view of a stored fix.
-    pub fn new(courier: &str, stored: &StoredFix) -> Self {
-        FixView {
-            courier: courier.to_owned(),
-            fix: FixJson::from(&stored.fix),
-            attributes: stored.attributes.iter().cloned().collect(),
-            received_ms: stored.received_ms,
-        }
-    }
-}
 
 /// A track page.
 #[derive(Debug, Serialize)]

@@ -10,7 +10,10 @@
 //! | `POST /v1/orders/{id}/events` | an order event, answered once durable (409: not allowed now) |
 //! | `GET /v1/orders/{id}`, `GET /v1/orders?state=&courier=&limit=` | orders with their timelines |
 //! | `GET /v1/orders/{id}/location` | last location of an order, with its courier |
+//! | `POST /v1/orders/{id}/tokens` | a customer's token for an active order (MQTT and HTTP) |
 //! | `GET /v1/dead-letters?after=&limit=` | dead letters, oldest first, paged by id |
+//! | `GET /v1/notifications?state=&order=&after=&limit=` | webhook and email deliveries, pending or dead |
+//! | `POST /v1/notifications/{id}/replay`, `POST /v1/notifications/replay?order=` | send dead deliveries again |
 //! | `PUT /v1/plugins/{name}` | deploy a plugin (body: the component; settings: JSON in the `Locus-Plugin-Settings` header) |
 //! | `GET /v1/plugins`, `GET /v1/plugins/{name}` | deployed plugins with their stats |
 //! | `DELETE /v1/plugins/{name}`, `POST /v1/plugins/{name}/rollback` | remove, roll back |
@@ -24,6 +27,7 @@
 pub mod access;
 mod config;
 mod json;
+mod notifications;
 mod orders;
 mod plugins;
 pub mod server;
@@ -65,6 +69,17 @@ pub struct ApiState {
     pub plugins: Arc<crate::plugins::PluginRegistry>,
     /// Where order events go into the pipeline.
     pub orders: crate::pipeline::OrderDesk,
+    /// Notification deliveries (`[notify]`), for listing and replaying them.
+    pub notifications: Arc<crate::notify::Deliveries>,
+}
+
+impl axum::extract::FromRef<ApiState> for notifications::NotificationsState {
+    fn from_ref(state: &ApiState) -> Self {
+        notifications::NotificationsState {
+            deliveries: state.notifications.clone(),
+            max_page: state.max_page,
+        }
+    }
 }
 
 /// An error answer: a status and a message, as JSON.

@@ -141,7 +141,7 @@ mod tests {
     async fn serve() -> (String, [u64; 2], Arc<Deliveries>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
-        let tree = store.notifications_tree().unwrap();
+        let tree = store.notifications_tree();
         let deliveries = Arc::new(Deliveries::open(tree.clone()).unwrap());
         let config: NotifyConfig = toml::from_str(
             "webhook_secret = \"0123456789abcdef0123456789abcdef\"\n\

@@ -1,4 +1,5 @@
-//! Order routes: `POST /v1/orders/{id}/events`, `GET /v1/orders/{id}`, `GET /v1/orders`.
+//! Order routes: `POST /v1/orders/{id}/events`, `GET /v1/orders/{id}`, `GET /v1/orders`,
+//! `POST /v1/orders/{id}/tokens`.
 //!
 //! An event goes through the pipeline's [`OrderDesk`] (the intake checks it and writes it to the
 //! commit log) and is answered once it is durable: 200 with the order, or 409 with the
@@ -99,6 +100,64 @@ pub(super) async fn show(
         .order(&order)
         .ok_or_else(|| ApiError::not_found(format!("no order {order}")))?;
     Ok(Json(order_view(&state, &found)?))
+}
+
+/// The body of `POST /v1/orders/{id}/tokens` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    /// Seconds until the token expires; without it, it works until the order ends.
+    expires_in_s: Option<u64>,
+}
+
+/// A customer's token for an active order: what the tracking link carries. It lets the
+/// customer follow the order's status and location over MQTT while the order is active, and
+/// read the order over HTTP.
+pub(super) async fn issue_token(
+    State(state): State<ApiState>,
+    Path(order): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_id("order", &order)?;
+    let body: TokenBody = match body.is_empty() {
+        true => TokenBody::default(),
+        false => serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid token request: {e}")))?,
+    };
+    let Some(authority) = &state.auth else {
+        return Err(ApiError::bad_request(
+            "locusd allows anonymous access (allow_anonymous = true): it issues no tokens",
+        ));
+    };
+    let found = state
+        .store
+        .order(&order)
+        .ok_or_else(|| ApiError::not_found(format!("no order {order}")))?;
+    if found.status.is_ended() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("order {order} is {}: its customers follow it no more", found.status),
+        ));
+    }
+    if body.expires_in_s == Some(0) {
+        return Err(ApiError::bad_request("expires_in_s must be above 0"));
+    }
+    let expires_at_s =
+        body.expires_in_s.map(|lifetime| crate::auth::unix_now_s().saturating_add(lifetime));
+    let token = authority.issue_with_expiry(crate::auth::Role::Order, &order, expires_at_s);
+    Ok(Json(json!({
+        "order": order,
+        "token": token,
+        "expires_at_s": expires_at_s,
+        "mqtt": {
+            "username": order,
+            "client_id": format!("{}{order}", crate::mqtt::policy::CUSTOMER_CLIENT_PREFIX),
+            "topics": [
+                locus_sdk::topics::order_status(&order),
+                locus_sdk::topics::order_location(&order),
+            ],
+        },
+    })))
 }
 
 /// The query of `GET /v1/orders`.

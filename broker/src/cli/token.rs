@@ -26,6 +26,21 @@ pub(super) enum TokenCommand {
         #[arg(long, default_value = "./locus-data")]
         data_dir: PathBuf,
     },
+    /// Print a customer's token for one order: MQTT (username ORDER, client id order@ORDER or
+    /// order@ORDER@anything) to follow `orders/ORDER/status` and `orders/ORDER/location` while
+    /// the order is active, and `GET /v1/orders/ORDER` over HTTP. The same as
+    /// `issue --role order ORDER`.
+    Order {
+        /// The order id.
+        order: String,
+        /// Refuse the token after this long (e.g. 24h); it stops working anyway once the
+        /// order is delivered or cancelled.
+        #[arg(long, value_parser = parse_lifetime)]
+        expires_in: Option<u64>,
+        /// The server's data directory.
+        #[arg(long, default_value = "./locus-data")]
+        data_dir: PathBuf,
+    },
     /// Print an admin token for the HTTP API (Authorization: Bearer TOKEN); the same as
     /// `issue --role admin`.
     Admin {
@@ -54,7 +69,8 @@ pub(super) enum RoleArg {
     Reader,
     /// The merchant SUBJECT: order routes (order events once they exist).
     Merchant,
-    /// The order SUBJECT only: `GET /v1/orders/SUBJECT/location`.
+    /// The order SUBJECT only: its status and location over MQTT while it is active, and
+    /// `GET /v1/orders/SUBJECT`, `GET /v1/orders/SUBJECT/location` over HTTP.
     Order,
 }
 
@@ -73,6 +89,15 @@ impl From<RoleArg> for Role {
 impl TokenCommand {
     pub(super) fn run(self) -> anyhow::Result<()> {
         match self {
+            TokenCommand::Order { order, expires_in, data_dir } => {
+                let issue = TokenCommand::Issue {
+                    subject: Some(order),
+                    role: RoleArg::Order,
+                    expires_in,
+                    data_dir,
+                };
+                return issue.run();
+            }
             TokenCommand::Issue { subject, role, expires_in, data_dir } => {
                 let role = Role::from(role);
                 let subject = subject_for(role, subject)?;
@@ -87,7 +112,11 @@ impl TokenCommand {
                     Role::Courier => eprintln!(
                         "courier token for {subject} (MQTT username {subject}, client id {subject}){until}:"
                     ),
-                    Role::Merchant | Role::Order => eprintln!(
+                    Role::Order => eprintln!(
+                        "order token for {subject} (MQTT username {subject}, client id \
+                         order@{subject}[@...]; HTTP header Authorization: Bearer TOKEN){until}:"
+                    ),
+                    Role::Merchant => eprintln!(
                         "{role} token for {subject} (HTTP header Authorization: Bearer TOKEN){until}:"
                     ),
                     Role::Admin | Role::Reader => {

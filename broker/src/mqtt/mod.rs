@@ -5,7 +5,10 @@
 //!
 //! Authentication happens at CONNECT: username = courier id, password = a courier token
 //! ([`crate::auth`]), client id = courier id (so one courier cannot take over another's
-//! session); the pipeline's client id is reserved. Authorization happens on every publish,
+//! session); the pipeline's client id is reserved. A customer following an order connects with
+//! username = the order id, password = an order token, client id = `order@{order}` or
+//! `order@{order}@{anything}` (ids have no `@`, so no customer can take a courier's session),
+//! and only while the order is active. Authorization happens on every publish,
 //! subscribe and last will: the vendored rumqttd's ACL hook asks [`policy`] (see
 //! `vendor/rumqttd/PATCHES.md`). Denials, refused CONNECTs, oversized packets, throttled
 //! publishers and refused connection bursts are counted in [`Metrics`] and logged at INFO.
@@ -19,7 +22,7 @@ use crate::auth::{Role, TokenAuthority};
 use crate::metrics::Metrics;
 use crate::metrics::{ActionLabel, DisconnectLabel};
 use crate::tls::TlsConfig;
-use policy::{Action, TopicPolicy};
+use policy::{Action, OrderGate, Principal, TopicPolicy};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{
     AclAction, Broker, ClientIdentity, ConnectionEvent, ConnectionSettings, DisconnectReason,
@@ -69,10 +72,13 @@ pub struct BrokerLink {
 ///
 /// `tls` is `[tls]`, which the TLS listeners (`tls_listen`, `tls_listen_v5`) need
 /// (the configuration's check at start has made sure it is there and readable).
+///
+/// `orders` says whether an order is active: customers' order tokens work only then.
 pub fn start(
     config: &MqttConfig,
     tls: Option<&TlsConfig>,
     auth: Option<Arc<TokenAuthority>>,
+    orders: OrderGate,
     metrics: Arc<Metrics>,
 ) -> Result<BrokerLink, MqttError> {
     // rumqttd binds inside its own thread and only logs a failure; check first so a taken port
@@ -86,7 +92,7 @@ pub fn start(
         return Err(MqttError::NoCertificate);
     }
 
-    let connections = connection_settings(config, auth, metrics.clone());
+    let connections = connection_settings(config, auth, TopicPolicy::new(orders), metrics.clone());
     // One rumqttd server per listener on, keyed by name; none on = no server of that version.
     let servers = |listeners: [(&str, Option<SocketAddr>, Option<rumqttd::TlsConfig>); 2]| {
         let servers: HashMap<String, ServerSettings> = listeners
@@ -137,10 +143,17 @@ pub fn start(
             // would halve that, but a courier acked hundreds of times a second then falls behind
             // each time it is dropped, and rumqttd logs two warnings per jump. A device that
             // does fall behind jumps to the newest ack, which covers the rest.
-            custom_segment: Some(HashMap::from([(
-                locus_sdk::topics::acks("+"),
-                SegmentConfig { max_segment_size: 1024, max_segment_count: 2 },
-            )])),
+            // The same holds for an order's status and location: each says all there is.
+            custom_segment: Some(HashMap::from(
+                [
+                    locus_sdk::topics::acks("+"),
+                    locus_sdk::topics::order_status("+"),
+                    locus_sdk::topics::order_location("+"),
+                ]
+                .map(|filter| {
+                    (filter, SegmentConfig { max_segment_size: 1024, max_segment_count: 2 })
+                }),
+            )),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
@@ -158,7 +171,9 @@ pub fn start(
     let mut broker = Broker::new(broker_config);
     let (mut tx, rx) =
         broker.link(PIPELINE_CLIENT_ID).map_err(|e| MqttError::Link(e.to_string()))?;
-    tx.subscribe(locus_sdk::topics::ALL_LOCATIONS).map_err(|e| MqttError::Link(e.to_string()))?;
+    for filter in [locus_sdk::topics::ALL_LOCATIONS, locus_sdk::topics::ALL_EVENTS] {
+        tx.subscribe(filter).map_err(|e| MqttError::Link(e.to_string()))?;
+    }
 
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -175,6 +190,7 @@ pub fn start(
 fn connection_settings(
     config: &MqttConfig,
     auth: Option<Arc<TokenAuthority>>,
+    policy: TopicPolicy,
     metrics: Arc<Metrics>,
 ) -> ConnectionSettings {
     let mut settings = ConnectionSettings {
@@ -193,11 +209,15 @@ fn connection_settings(
     };
     let refused = metrics.clone();
     let tokens = auth.clone();
+    let connect_policy = policy.clone();
     // The auth handler runs for every CONNECT, with or without credentials (a locus patch): it
-    // checks the courier token, and even for anonymous servers refuses the pipeline's id.
+    // checks the courier or order token, and even for anonymous servers refuses the pipeline's
+    // id.
     settings.set_auth_handler(move |client_id: String, username: String, password: String| {
         let verdict = match &tokens {
-            Some(tokens) => check_courier(tokens, &client_id, &username, &password),
+            Some(tokens) => {
+                check_connect(tokens, &connect_policy, &client_id, &username, &password)
+            }
             None => check_client_id(&client_id),
         };
         if let Err(reason) = &verdict {
@@ -216,8 +236,8 @@ fn connection_settings(
                 // An action this build does not know: refuse rather than guess.
                 _ => return false,
             };
-            // Authentication made the client id the courier id.
-            match TopicPolicy.check(&client.client_id, action) {
+            // Authentication made sure the client id names who the client is.
+            match policy.check(Principal::of_client(&client.client_id), action) {
                 Ok(()) => true,
                 Err(denial) => {
                     denied.mqtt_denied.get_or_create(&ActionLabel { action: action.label() }).inc();
@@ -313,10 +333,45 @@ fn check_client_id(client_id: &str) -> Result<(), String> {
     if client_id == PIPELINE_CLIENT_ID {
         return Err(format!("client id {PIPELINE_CLIENT_ID} is reserved for locusd"));
     }
+    // The broker's router drops such a client's link after CONNACK; refuse it with a reason.
+    if client_id.contains(['+', '$', '#', '/']) {
+        return Err("a client id may not contain + $ # or /".to_owned());
+    }
     Ok(())
 }
 
 /// Whether a CONNECT may proceed; the error says why not (for logs, never to the client).
+fn check_connect(
+    auth: &TokenAuthority,
+    policy: &TopicPolicy,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<(), String> {
+    match Principal::of_client(client_id) {
+        Principal::Courier(_) => check_courier(auth, client_id, username, password),
+        Principal::Customer { order } => {
+            check_client_id(client_id)?;
+            if order != username {
+                return Err(format!(
+                    "a customer's client id is order@{{order}}[@...] and its username the order                      id (client id {client_id}, username {username})"
+                ));
+            }
+            if !locus_sdk::topics::is_valid_id(order) {
+                return Err("username is not a valid order id".into());
+            }
+            auth.verify(Role::Order, order, password).map_err(|e| e.to_string())?;
+            match policy.order_is_active(order) {
+                true => Ok(()),
+                false => {
+                    Err(format!("order {order} is not active (delivered, cancelled or unknown)"))
+                }
+            }
+        }
+    }
+}
+
+/// A courier's CONNECT: username and client id are the courier id, the password its token.
 fn check_courier(
     auth: &TokenAuthority,
     client_id: &str,

@@ -1,7 +1,8 @@
 //! Who may publish and subscribe where: the one topic policy of locusd.
 //!
-//! Enters: an authenticated courier id and what it asks to do (publish on a topic, subscribe to a
-//! filter, leave a last will). Leaves: allowed, or a [`Denial`] that says why.
+//! Enters: who an authenticated client is ([`Principal`]: a courier, or a customer following one
+//! order) and what it asks to do (publish on a topic, subscribe to a filter, leave a last will).
+//! Leaves: allowed, or a [`Denial`] that says why.
 //!
 //! The rules, for a connection authenticated as courier `{id}`:
 //!
@@ -10,6 +11,18 @@
 //! | publish   | `couriers/{id}/locations` and `couriers/{id}/events`, nothing else  |
 //! | subscribe | exactly `couriers/{id}/acks` (no wildcards, no `$share/…`)         |
 //! | last will | the topics it may publish on                                        |
+//!
+//! and for a customer with an order token for order `{order}` (client id `order@{order}` or
+//! `order@{order}@{anything}`, a namespace no courier id can enter since ids have no `@`):
+//!
+//! | action    | allowed                                                                     |
+//! |-----------|-----------------------------------------------------------------------------|
+//! | publish   | nothing                                                                     |
+//! | subscribe | exactly `orders/{order}/status` and `orders/{order}/location`, while the order is active |
+//! | last will | nothing                                                                     |
+//!
+//! "Active" means placed and neither delivered nor cancelled ([`OrderGate`]); a customer who
+//! subscribed before the end still gets the last status (`delivered` or `cancelled`).
 //!
 //! So nobody but locusd writes `couriers/{id}/acks` or anything under `orders/`: locusd publishes
 //! through its local link, which the broker trusts (it has no connection settings, so the hook
@@ -21,10 +34,42 @@
 //! It runs on the broker's router thread for every publish, so it only compares strings.
 
 use locus_sdk::topics;
+use std::sync::Arc;
 
 /// Client id of locusd's own link into the embedded broker. Not a courier: refused at CONNECT
 /// and by `locusd token issue`, so no device can take over the pipeline's session.
 pub const PIPELINE_CLIENT_ID: &str = "locusd-pipeline";
+
+/// Prefix of the client ids of customers following an order.
+pub const CUSTOMER_CLIENT_PREFIX: &str = "order@";
+
+/// Whether an order is active (placed, neither delivered nor cancelled): the only time its
+/// customers may subscribe. Called on the broker's router thread, so it must be quick (the
+/// store's in-memory orders view).
+pub type OrderGate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Who an authenticated client is, from its client id (authentication made sure the id and
+/// the credentials agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal<'a> {
+    /// A courier: the client id is the courier id.
+    Courier(&'a str),
+    /// A customer following one order: the client id is `order@{order}[@…]`.
+    Customer {
+        /// The order.
+        order: &'a str,
+    },
+}
+
+impl<'a> Principal<'a> {
+    /// The principal a client id names.
+    pub fn of_client(client_id: &'a str) -> Principal<'a> {
+        match client_id.strip_prefix(CUSTOMER_CLIENT_PREFIX) {
+            Some(rest) => Principal::Customer { order: rest.split('@').next().unwrap_or(rest) },
+            None => Principal::Courier(client_id),
+        }
+    }
+}
 
 /// What a client asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,18 +118,72 @@ pub enum Denial {
     /// Not a topic of the Locus topic tree.
     #[error("not a Locus topic")]
     UnknownTopic,
+    /// A customer's order token is for another order.
+    #[error("topic belongs to another order")]
+    OtherOrder,
+    /// The order was delivered or cancelled (or never placed): its token no longer works.
+    #[error("the order is not active")]
+    OrderNotActive,
 }
 
-/// The topic policy for authenticated couriers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TopicPolicy;
+/// The topic policy for authenticated clients.
+#[derive(Clone)]
+pub struct TopicPolicy {
+    orders: OrderGate,
+}
+
+impl std::fmt::Debug for TopicPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicPolicy").finish_non_exhaustive()
+    }
+}
 
 impl TopicPolicy {
-    /// Whether courier `courier` may do `action`.
-    pub fn check(&self, courier: &str, action: Action<'_>) -> Result<(), Denial> {
-        match action {
-            Action::Publish(topic) | Action::Will(topic) => may_publish(courier, topic),
-            Action::Subscribe(filter) => may_subscribe(courier, filter),
+    /// The policy, asking `orders` whether an order is active.
+    pub fn new(orders: OrderGate) -> TopicPolicy {
+        TopicPolicy { orders }
+    }
+
+    /// Whether `who` may do `action`.
+    pub fn check(&self, who: Principal<'_>, action: Action<'_>) -> Result<(), Denial> {
+        match (who, action) {
+            (Principal::Courier(courier), Action::Publish(topic) | Action::Will(topic)) => {
+                may_publish(courier, topic)
+            }
+            (Principal::Courier(courier), Action::Subscribe(filter)) => {
+                may_subscribe(courier, filter)
+            }
+            (Principal::Customer { order }, Action::Subscribe(filter)) => {
+                self.may_follow(order, filter)
+            }
+            (Principal::Customer { .. }, Action::Publish(topic) | Action::Will(topic)) => {
+                match topic.starts_with("orders/") || topic.starts_with("couriers/") {
+                    true => Err(Denial::ServerOnly),
+                    false => Err(Denial::UnknownTopic),
+                }
+            }
+        }
+    }
+
+    /// Whether an order is active now.
+    pub fn order_is_active(&self, order: &str) -> bool {
+        (self.orders)(order)
+    }
+
+    fn may_follow(&self, order: &str, filter: &str) -> Result<(), Denial> {
+        if filter.starts_with("$share/") || filter.contains(['+', '#']) {
+            return Err(Denial::Wildcard);
+        }
+        if filter == topics::order_status(order) || filter == topics::order_location(order) {
+            return match self.order_is_active(order) {
+                true => Ok(()),
+                false => Err(Denial::OrderNotActive),
+            };
+        }
+        match filter.split('/').collect::<Vec<_>>().as_slice() {
+            ["orders", other, "status" | "location"] if *other != order => Err(Denial::OtherOrder),
+            ["orders", ..] | ["couriers", ..] => Err(Denial::NotPermitted),
+            _ => Err(Denial::UnknownTopic),
         }
     }
 }
@@ -122,7 +221,48 @@ mod tests {
     use super::*;
 
     fn check(courier: &str, action: Action<'_>) -> Result<(), Denial> {
-        TopicPolicy.check(courier, action)
+        policy(&[]).check(Principal::Courier(courier), action)
+    }
+
+    /// A policy for which exactly `active` are active orders.
+    fn policy(active: &[&str]) -> TopicPolicy {
+        let active: Vec<String> = active.iter().map(|o| o.to_string()).collect();
+        TopicPolicy::new(Arc::new(move |order| active.iter().any(|a| a == order)))
+    }
+
+    #[test]
+    fn a_customer_follows_exactly_its_own_order_and_only_while_it_is_active() {
+        let policy = policy(&["o1", "o2"]);
+        let customer = Principal::of_client("order@o1@phone-1");
+        assert_eq!(customer, Principal::Customer { order: "o1" });
+        assert_eq!(Principal::of_client("order@o1"), customer);
+        let check = |who, action| policy.check(who, action);
+        assert_eq!(check(customer, Action::Subscribe("orders/o1/status")), Ok(()));
+        assert_eq!(check(customer, Action::Subscribe("orders/o1/location")), Ok(()));
+        assert_eq!(check(customer, Action::Subscribe("orders/o2/status")), Err(Denial::OtherOrder));
+        assert_eq!(check(customer, Action::Subscribe("orders/+/status")), Err(Denial::Wildcard));
+        assert_eq!(check(customer, Action::Subscribe("orders/o1/#")), Err(Denial::Wildcard));
+        assert_eq!(
+            check(customer, Action::Subscribe("couriers/c1/acks")),
+            Err(Denial::NotPermitted)
+        );
+        assert_eq!(check(customer, Action::Publish("orders/o1/status")), Err(Denial::ServerOnly));
+        assert_eq!(
+            check(customer, Action::Publish("couriers/o1/locations")),
+            Err(Denial::ServerOnly)
+        );
+        assert_eq!(check(customer, Action::Will("x")), Err(Denial::UnknownTopic));
+        // Delivered (or never placed): its topics are closed to its token.
+        let ended = Principal::Customer { order: "o3" };
+        assert_eq!(
+            check(ended, Action::Subscribe("orders/o3/status")),
+            Err(Denial::OrderNotActive)
+        );
+        // A courier never reads an order's topics, even one named like a customer would be.
+        assert_eq!(
+            check(Principal::Courier("o1"), Action::Subscribe("orders/o1/status")),
+            Err(Denial::ServerOnly)
+        );
     }
 
     #[test]

@@ -71,9 +71,7 @@ impl Rules {
             if duplicate {
                 continue;
             }
-            let body = body
-                .get_or_insert_with(|| notice_json(order, event, committed_ms).to_string())
-                .clone();
+            let body = body.get_or_insert_with(|| notice_json(order, event).to_string()).clone();
             let email = match rule.channel {
                 Channel::Email => Some(EmailText {
                     subject: email::subject(order, event),

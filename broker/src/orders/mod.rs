@@ -405,20 +405,19 @@ pub fn event_json(event: &OrderEvent) -> serde_json::Value {
 
 /// What the parties following an order are told when `event` changed it (the order as it is
 /// after the event): the retained `orders/{id}/status` message, a webhook's body and an email's
-/// data. `committed_ms` is the server time the event was taken in.
+/// data.
 ///
 /// ```json
-/// {"order":"o1","status":"assigned","ready":false,"courier":"c1","committed_ms":1765000000000,
+/// {"order":"o1","status":"assigned","ready":false,"courier":"c1",
 ///  "event":{"event_id":"e3","event":"assigned","at_ms":1765000000000,"actor":"merchant:bakery",
 ///           "courier":"c1"}}
 /// ```
-pub fn notice_json(order: &Order, event: &OrderEvent, committed_ms: u64) -> serde_json::Value {
+pub fn notice_json(order: &Order, event: &OrderEvent) -> serde_json::Value {
     serde_json::json!({
         "order": order.id,
         "status": order.status,
         "ready": order.ready,
         "courier": order.courier,
-        "committed_ms": committed_ms,
         "event": event_json(event),
     })
 }

@@ -1,9 +1,16 @@
 //! The ingest pipeline: MQTT publish → decode → validate → dedup → plugins → commit → flush → ack.
 //!
-//! Enters: publishes on `couriers/+/locations` from the embedded broker's local link.
-//! Leaves: one [`Commit`] per group of reports (one commit-log entry in the store) and, once it
+//! Enters: publishes on `couriers/+/locations` and `couriers/+/events` from the embedded
+//! broker's local link, and order events from the API ([`OrderDesk`]).
+//! Leaves: one [`Commit`] per group of reports (commit-log entries in the store) and, once it
 //! is flushed, a retained ack per courier on `couriers/{courier}/acks` carrying the courier's
-//! watermark: every seq up to it is committed (see [`crate::store::seqs`]).
+//! watermark: every seq up to it is committed (see [`crate::store::seqs`]); the statuses and
+//! locations of orders ([`announce`]).
+//!
+//! A courier's order events share its seq space with its reports: the same watermark acks
+//! them, and the SDK keeps them in its outbox until it does. Each is checked against the
+//! order's lifecycle ([`order_desk`]); one the lifecycle refuses is dead-lettered
+//! (`order_event_refused`) and its seq consumed, like a report refused as a whole.
 //!
 //! Two threads, so that taking in the next group overlaps the fsync of the previous one:
 //! - `pipeline-intake` ([`Intake`]): drains whatever the broker has, builds a commit and writes
@@ -14,25 +21,27 @@
 //! Bad input never stops the pipeline: each problem becomes a [`DeadLetter`] with a reason
 //! code, counted in `locus_dead_letters_total{reason}`.
 
+mod announce;
 pub mod config;
 mod order_desk;
 pub mod validate;
 
 pub use config::PipelineConfig;
-pub use order_desk::{OrderAnswer, OrderDesk, OrderRefused};
+pub use order_desk::{OrderAnswer, OrderChange, OrderDesk, OrderRefused};
 pub use validate::{FixProblem, ReportProblem};
 
 use crate::influx::Outbox;
 use crate::metrics::Metrics;
 use crate::mqtt::BrokerLink;
 use crate::store::{
-    Commit, DeadLetter, DeadLetterReason, DeadLetterSource, RecordBuilder, SeqTake, SeqWindow,
-    Store, StoreError,
+    Commit, Committed, DeadLetter, DeadLetterReason, DeadLetterSource, RecordBuilder, SeqTake,
+    SeqWindow, Store, StoreError,
 };
+use announce::Announcer;
 use bytes::Bytes;
 use locus_sdk::wire::{self, Fix};
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish};
+use order_desk::OrderBook;
+use rumqttd::local::{LinkError, LinkRx};
 use rumqttd::Notification;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -107,15 +116,22 @@ pub fn courier_of(topic: &str) -> Option<&str> {
 
 pub use locus_sdk::wire::now_ms;
 
-/// Acks owed once a commit is durable.
-#[derive(Debug)]
+/// What is owed once a commit is durable: acks, answers, announcements.
+#[derive(Debug, Default)]
 struct PendingAcks {
-    first_received: Instant,
+    /// When its first report arrived (`None`: a commit of API order events alone).
+    first_received: Option<Instant>,
     reports: u64,
     fixes: u64,
     acks: HashMap<String, u64>,
     /// Answers to order events from the API.
     order_answers: order_desk::OwedAnswers,
+    /// Orders its events changed: their statuses are published.
+    order_changes: Vec<OrderChange>,
+    /// Orders its fixes moved: their locations are published.
+    moved_orders: Vec<String>,
+    /// The highest notification delivery id it staged: durable with it.
+    notifications_through: Option<u64>,
 }
 
 /// What one batch knows of a courier while it is being built: its committed seqs with this
@@ -138,7 +154,15 @@ pub struct Intake {
     transform: Option<Box<dyn FixTransform>>,
     influx: Option<Outbox>,
     orders: Option<mpsc::Receiver<order_desk::OrderRequest>>,
+    /// Least time between two publishes of one order's location.
+    location_interval: Duration,
+    /// Where order events' notifications go (`[notify]`), and their deliveries.
+    notifier: Option<(crate::notify::Rules, Arc<crate::notify::Deliveries>)>,
 }
+
+/// Notifications staged for a commit: the records for the store's notifications tree (key,
+/// value), and the highest delivery id among them.
+type Staged = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>);
 
 /// What one call of [`Intake::build`] produced.
 #[derive(Debug, Default)]
@@ -148,25 +172,65 @@ pub struct BuiltBatch {
     acks: HashMap<String, u64>,
     reports: u64,
     fixes: u64,
+    /// What its order events changed.
+    order_changes: Vec<OrderChange>,
+    /// The highest notification delivery id it staged.
+    notifications_through: Option<u64>,
 }
 
 /// A batch being built.
 struct Building {
     record: RecordBuilder,
     couriers: HashMap<String, CourierInBatch>,
+    orders: OrderBook,
     out: BuiltBatch,
+}
+
+impl Building {
+    fn new(received_ms: u64) -> Building {
+        Building {
+            record: RecordBuilder::new(received_ms),
+            couriers: HashMap::new(),
+            orders: OrderBook::new(received_ms),
+            out: BuiltBatch::default(),
+        }
+    }
 }
 
 impl Intake {
     /// A new intake stage over `store`.
     pub fn new(config: PipelineConfig, store: Store, metrics: Arc<Metrics>) -> Intake {
-        Intake { config, store, metrics, transform: None, influx: None, orders: None }
+        let location_interval =
+            Duration::from_millis(crate::orders::OrdersConfig::default().location_interval_ms);
+        Intake {
+            config,
+            store,
+            metrics,
+            transform: None,
+            influx: None,
+            orders: None,
+            location_interval,
+            notifier: None,
+        }
     }
 
-    /// Takes order events from the API too: the desk is where the API hands them over.
-    pub fn with_order_desk(mut self) -> (Intake, OrderDesk) {
+    /// Stages the notifications `[notify]` rules make of order events with the commits that
+    /// hold the events.
+    pub fn with_notifications(
+        mut self,
+        rules: crate::notify::Rules,
+        deliveries: Arc<crate::notify::Deliveries>,
+    ) -> Intake {
+        self.notifier = Some((rules, deliveries));
+        self
+    }
+
+    /// Takes order events from the API too (the desk is where the API hands them over), and
+    /// announces orders as `[orders]` says.
+    pub fn with_orders(mut self, config: &crate::orders::OrdersConfig) -> (Intake, OrderDesk) {
         let (desk, from_api) = OrderDesk::new();
         self.orders = Some(from_api);
+        self.location_interval = Duration::from_millis(config.location_interval_ms);
         (self, desk)
     }
 
@@ -174,11 +238,16 @@ impl Intake {
     /// durable (`None` when none waited).
     fn take_order_events(&mut self) -> Option<PendingAcks> {
         let from_api = self.orders.as_ref()?;
-        let (record, mut order_answers) = order_desk::take_waiting(from_api, &self.store, now_ms());
+        let received_ms = now_ms();
+        let mut book = OrderBook::new(received_ms);
+        let mut order_answers = order_desk::take_waiting(from_api, &self.store, &mut book);
         if order_answers.is_empty() {
             return None;
         }
-        if let Err(e) = self.store.commit_orders(record) {
+        let (notifications, notifications_through) =
+            self.stage_notifications(&book.changes, received_ms);
+        let commit = Commit { orders: book.record, notifications, ..Commit::default() };
+        if let Err(e) = self.commit(commit) {
             tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
             for (answer, _) in order_answers.drain(..) {
                 let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
@@ -186,12 +255,30 @@ impl Intake {
             return None;
         }
         Some(PendingAcks {
-            first_received: Instant::now(),
-            reports: 0,
-            fixes: 0,
-            acks: HashMap::new(),
             order_answers,
+            order_changes: book.changes,
+            notifications_through,
+            ..PendingAcks::default()
         })
+    }
+
+    /// The notifications `changes` cause, staged for the commit that holds them.
+    fn stage_notifications(&self, changes: &[OrderChange], received_ms: u64) -> Staged {
+        let Some((rules, deliveries)) = &self.notifier else { return (Vec::new(), None) };
+        let new: Vec<crate::notify::Delivery> = changes
+            .iter()
+            .flat_map(|change| rules.deliveries_for(&change.order, &change.event, received_ms))
+            .collect();
+        if new.is_empty() {
+            return (Vec::new(), None);
+        }
+        let staged = deliveries.stage(new);
+        let through = staged.iter().map(|(id, _)| *id).max();
+        let staged = staged
+            .into_iter()
+            .map(|(id, value)| (crate::notify::deliveries::key(id).to_vec(), value))
+            .collect();
+        (staged, through)
     }
 
     /// Puts a transform (the plugin chain) between validation and commit.
@@ -209,12 +296,12 @@ impl Intake {
 
     /// Writes a built batch (its log entry, dead letters and replay progress at once; durable
     /// at the next flush). On failure nothing of it is written.
-    pub fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
-        self.store.commit(commit)?;
+    pub fn commit(&mut self, commit: Commit) -> Result<Committed, StoreError> {
+        let committed = self.store.commit(commit)?;
         if let Some(outbox) = &self.influx {
             outbox.committed();
         }
-        Ok(())
+        Ok(committed)
     }
 
     fn courier<'a>(&self, building: &'a mut Building, courier: &str) -> &'a mut CourierInBatch {
@@ -232,16 +319,21 @@ impl Intake {
         publishes: &[(Bytes, Bytes)],
         received_ms: u64,
     ) -> Result<BuiltBatch, StoreError> {
-        let mut building = Building {
-            record: RecordBuilder::new(received_ms),
-            couriers: HashMap::new(),
-            out: BuiltBatch::default(),
-        };
+        let mut building = Building::new(received_ms);
         let mut pending = Vec::new();
         for (topic, payload) in publishes {
-            self.take_report(topic, payload, received_ms, &mut pending, &mut building)?;
+            if topic.ends_with(b"/events") {
+                self.take_event(topic, payload, received_ms, &mut building);
+            } else {
+                self.take_report(topic, payload, received_ms, &mut pending, &mut building)?;
+            }
         }
         self.transform_and_commit(pending, &mut building);
+        let changes = std::mem::take(&mut building.orders.changes);
+        let (staged, through) = self.stage_notifications(&changes, received_ms);
+        building.out.commit.notifications = staged;
+        building.out.notifications_through = through;
+        building.out.order_changes = changes;
         Ok(finish(building))
     }
 
@@ -256,11 +348,7 @@ impl Intake {
         fixes: Vec<PendingFix>,
         received_ms: u64,
     ) -> Result<BuiltBatch, StoreError> {
-        let mut building = Building {
-            record: RecordBuilder::new(received_ms),
-            couriers: HashMap::new(),
-            out: BuiltBatch::default(),
-        };
+        let mut building = Building::new(received_ms);
         let mut pending = Vec::with_capacity(fixes.len());
         for fix in fixes {
             self.metrics.fixes_received.inc();
@@ -442,6 +530,63 @@ impl Intake {
         Ok(())
     }
 
+    /// Takes a courier's order event into the batch: its seq like a report's, the event into
+    /// the batch's order book when the lifecycle allows it, a dead letter when not.
+    fn take_event(
+        &mut self,
+        topic: &[u8],
+        payload: &Bytes,
+        received_ms: u64,
+        building: &mut Building,
+    ) {
+        let topic_text = String::from_utf8_lossy(topic);
+        let letter = |reason, courier: Option<&str>, detail: String| {
+            let source = DeadLetterSource::Mqtt { topic: topic_text.to_string() };
+            let courier = courier.map(str::to_owned);
+            DeadLetter::new(reason, source, courier, detail, &payload[..], received_ms)
+        };
+        let Some(courier) = locus_sdk::topics::courier_of_events(&topic_text).map(str::to_owned)
+        else {
+            let problem = ReportProblem::BadTopic;
+            self.refuse(letter(problem.reason(), None, problem.to_string()), &mut building.out);
+            return;
+        };
+        let event = match validate::decode_event(payload, &self.config) {
+            Ok(event) => event,
+            Err((problem, seq)) => {
+                // Consumed when it decoded, so the device stops resending it.
+                let consumed = seq.is_some_and(|seq| self.take_seq(building, &courier, seq));
+                if consumed || seq.is_none() {
+                    let letter = letter(problem.reason(), Some(&courier), problem.to_string());
+                    self.refuse(letter, &mut building.out);
+                }
+                return;
+            }
+        };
+        if !self.take_seq(building, &courier, event.seq) {
+            return;
+        }
+        let kind = match event.kind {
+            wire::CourierEventKind::PickedUp => crate::orders::EventKind::PickedUp,
+            wire::CourierEventKind::Delivered => crate::orders::EventKind::Delivered,
+        };
+        let order_event = crate::orders::OrderEvent {
+            event_id: event.event_id,
+            kind,
+            at_ms: event.at_ms,
+            actor: format!("courier:{courier}"),
+            courier: None,
+            details: event.details,
+        };
+        if let Err(refusal) =
+            building.orders.take(&self.store, &event.order, order_event, Some(&courier))
+        {
+            let letter =
+                letter(DeadLetterReason::OrderEventRefused, Some(&courier), refusal.to_string());
+            self.refuse(letter, &mut building.out);
+        }
+    }
+
     fn refuse(&self, letter: DeadLetter, out: &mut BuiltBatch) {
         self.metrics.dead_letter(&letter.reason);
         tracing::debug!(reason = %letter.reason, detail = %letter.detail, source = %letter.source, "dead letter");
@@ -450,8 +595,9 @@ impl Intake {
 }
 
 fn finish(building: Building) -> BuiltBatch {
-    let Building { record, mut out, .. } = building;
+    let Building { record, orders, mut out, .. } = building;
     out.commit.record = record.finish();
+    out.commit.orders = orders.record;
     out
 }
 
@@ -578,13 +724,25 @@ fn run_intake(
                 continue;
             }
         };
-        let BuiltBatch { commit, acks, reports, fixes } = built;
-        if let Err(e) = intake.commit(commit) {
-            tracing::error!(error = %e, "cannot write the commit; not acked, devices will resend");
-            continue;
-        }
-        let pending =
-            PendingAcks { first_received, reports, fixes, acks, order_answers: Vec::new() };
+        let BuiltBatch { commit, acks, reports, fixes, order_changes, notifications_through } =
+            built;
+        let committed = match intake.commit(commit) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the commit; not acked, devices will resend");
+                continue;
+            }
+        };
+        let pending = PendingAcks {
+            first_received: Some(first_received),
+            reports,
+            fixes,
+            acks,
+            order_changes,
+            moved_orders: committed.moved_orders,
+            notifications_through,
+            ..PendingAcks::default()
+        };
         flushing.fetch_add(1, Ordering::AcqRel);
         if to_committer.send(pending).is_err() {
             return;
@@ -592,23 +750,43 @@ fn run_intake(
     }
 }
 
-/// Runs the committer on the current thread: flush, then ack, until the intake hangs up.
+/// Runs the committer on the current thread: flush, then ack and announce, until the intake
+/// hangs up.
 fn run_committer(
     store: Store,
-    mut tx: LinkTx,
+    mut announcer: Announcer,
+    deliveries: Option<Arc<crate::notify::Deliveries>>,
     from_intake: mpsc::Receiver<PendingAcks>,
     flushing: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
     // The broker keeps retained messages in memory only: re-announce every courier's committed
-    // seq, so a device that reconnects after a server restart learns it at once.
-    for (courier, seq) in store.acks() {
-        if let Err(e) = publish_ack(&mut tx, &courier, seq) {
-            tracing::warn!(error = %e, "cannot re-announce committed seqs; devices learn them on their next report");
-            break;
-        }
+    // seq and every order's status, so a device or customer that reconnects after a server
+    // restart learns them at once.
+    if let Err(e) = announcer.announce_all() {
+        tracing::warn!(error = %e, "cannot re-announce acks and order statuses; devices learn them on their next report");
     }
-    while let Ok(first) = from_intake.recv() {
+    loop {
+        // Held-back order locations go when their interval is up, even with nothing to flush.
+        let first = match announcer.next_due() {
+            Some(due) => {
+                match from_intake.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = announcer.publish_due() {
+                            tracing::error!(error = %e, "cannot publish: broker link lost");
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            None => match from_intake.recv() {
+                Ok(first) => first,
+                Err(_) => return,
+            },
+        };
         // Group commit: one flush covers every batch applied so far.
         let mut group = vec![first];
         group.extend(from_intake.try_iter());
@@ -624,57 +802,58 @@ fn run_committer(
             }
             continue;
         }
-        let mut acks: HashMap<String, u64> = HashMap::new();
-        for pending in &mut group {
-            // Order events are committed on their own, never with reports: such a commit is
-            // no batch of reports for the metrics.
-            let of_reports = pending.order_answers.is_empty();
-            for (answer, answered) in pending.order_answers.drain(..) {
-                let _ = answer.send(answered);
-            }
-            if of_reports {
-                metrics.reports_committed.inc_by(pending.reports);
-                metrics.fixes_committed.inc_by(pending.fixes);
-                metrics.commit_batch_reports.observe(pending.reports as f64);
-                let latency = pending.first_received.elapsed().as_secs_f64();
-                metrics.commit_latency_seconds.observe(latency);
-            }
-            for (courier, seq) in &pending.acks {
-                let entry = acks.entry(courier.clone()).or_default();
-                *entry = (*entry).max(*seq);
-            }
+        // Their notifications may go now: the events that cause them are durable.
+        let through = group.iter().filter_map(|pending| pending.notifications_through).max();
+        if let (Some(deliveries), Some(through)) = (&deliveries, through) {
+            deliveries.durable_through(through);
         }
-        for (courier, seq) in acks {
-            if let Err(e) = publish_ack(&mut tx, &courier, seq) {
-                tracing::error!(error = %e, "cannot publish acks: broker link lost");
-                return;
-            }
-            metrics.acks_published.inc();
+        if let Err(e) = announce_flushed(&mut announcer, group, &metrics) {
+            tracing::error!(error = %e, "cannot publish acks: broker link lost");
+            return;
         }
     }
 }
 
-/// Publishes a courier's retained ack.
-fn publish_ack(tx: &mut LinkTx, courier: &str, seq: u64) -> Result<(), Box<LinkError>> {
-    // Retained, so a device that reconnects learns its committed seq at once.
-    let topic = Bytes::from(locus_sdk::topics::acks(courier));
-    let payload = Bytes::from(wire::encode_ack(wire::Ack { seq }));
-    publish_blocking(tx, Publish::new(topic, payload, true))
-}
-
-fn publish_blocking(tx: &mut LinkTx, publish: Publish) -> Result<(), Box<LinkError>> {
-    // `LinkTx::send` is async only in signature: it locks a buffer and sends on a channel.
-    // Driving it with a no-op waker keeps this thread free of a runtime.
-    let mut future = std::pin::pin!(tx.send(Packet::Publish(publish, None)));
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    loop {
-        if let std::task::Poll::Ready(result) = std::future::Future::poll(future.as_mut(), &mut cx)
-        {
-            return result.map(|_| ()).map_err(Box::new);
+/// Answers, acks and announces what a flush made durable.
+fn announce_flushed(
+    announcer: &mut Announcer,
+    group: Vec<PendingAcks>,
+    metrics: &Metrics,
+) -> Result<(), announce::LinkLost> {
+    let mut acks: HashMap<String, u64> = HashMap::new();
+    let mut moved: Vec<String> = Vec::new();
+    for pending in group {
+        for (answer, answered) in pending.order_answers {
+            let _ = answer.send(answered);
         }
-        std::thread::yield_now();
+        // A commit of API order events alone is no batch of reports for the metrics.
+        if let Some(first_received) = pending.first_received {
+            metrics.reports_committed.inc_by(pending.reports);
+            metrics.fixes_committed.inc_by(pending.fixes);
+            metrics.commit_batch_reports.observe(pending.reports as f64);
+            metrics.commit_latency_seconds.observe(first_received.elapsed().as_secs_f64());
+        }
+        for (courier, seq) in pending.acks {
+            let entry = acks.entry(courier).or_default();
+            *entry = (*entry).max(seq);
+        }
+        for order in pending.moved_orders {
+            if !moved.contains(&order) {
+                moved.push(order);
+            }
+        }
+        for change in &pending.order_changes {
+            announcer.order_changed(change)?;
+        }
     }
+    for (courier, seq) in acks {
+        announcer.ack(&courier, seq)?;
+        metrics.acks_published.inc();
+    }
+    for order in moved {
+        announcer.order_moved(&order)?;
+    }
+    announcer.publish_due()
 }
 
 /// The running pipeline's two threads.
@@ -697,6 +876,8 @@ impl PipelineHandle {
         let store = intake.store.clone();
         let metrics = intake.metrics.clone();
         let BrokerLink { tx, rx } = link;
+        let announcer = Announcer::new(tx, store.clone(), intake.location_interval);
+        let deliveries = intake.notifier.as_ref().map(|(_, deliveries)| deliveries.clone());
         let intake_stop = stop.clone();
         // Commits handed to the committer and not flushed yet.
         let flushing = Arc::new(AtomicUsize::new(0));
@@ -707,9 +888,17 @@ impl PipelineHandle {
                 run_intake(intake, rx, to_committer, flushing, intake_stop);
                 let _ = ended.send(());
             })?;
-        let committer = std::thread::Builder::new()
-            .name("pipeline-commit".into())
-            .spawn(move || run_committer(store, tx, from_intake, committer_flushing, metrics))?;
+        let committer =
+            std::thread::Builder::new().name("pipeline-commit".into()).spawn(move || {
+                run_committer(
+                    store,
+                    announcer,
+                    deliveries,
+                    from_intake,
+                    committer_flushing,
+                    metrics,
+                )
+            })?;
         Ok(PipelineHandle { stop, intake, committer, intake_ended: Some(intake_ended) })
     }
 

@@ -1,19 +1,19 @@
 //! Validation of reports and fixes, each problem with its dead-letter reason (a stable code).
 //!
-//! Enters: a raw MQTT payload ([`decode_report`]) or one decoded fix ([`check_fix`]) with the
-//! pipeline's config. Leaves: the report, or the problem. A fix that passes [`check_fix`] has
+//! Enters: a raw MQTT payload ([`decode_report`], [`decode_event`]) or one decoded fix
+//! ([`check_fix`]) with the pipeline's config. Leaves: the report or event, or the problem. A fix that passes [`check_fix`] has
 //! every field inside the ranges `sdk/WIRE.md` documents (`Fix::out_of_range` is `None`) and a
 //! device time inside the configured window.
 
 use super::PipelineConfig;
 use crate::store::DeadLetterReason;
-use locus_sdk::wire::{self, Fix, Report, WireError};
+use locus_sdk::wire::{self, CourierEvent, Fix, Report, WireError};
 
 /// Why a whole report was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReportProblem {
-    /// The topic is not `couriers/{valid id}/locations`.
-    #[error("topic is not couriers/{{courier}}/locations with a valid courier id")]
+    /// The topic is not `couriers/{valid id}/locations` (or `/events`).
+    #[error("topic is not couriers/{{courier}}/locations (or /events) with a valid courier id")]
     BadTopic,
     /// Larger than `pipeline.max_report_bytes`.
     #[error("payload of {size} bytes exceeds the limit of {limit}")]
@@ -40,6 +40,9 @@ pub enum ReportProblem {
         /// The limit.
         limit: usize,
     },
+    /// An order event with a field that is not valid (`seq` 0 is [`ReportProblem::ZeroSeq`]).
+    #[error("order event: {0}")]
+    BadEvent(wire::EventProblem),
 }
 
 impl ReportProblem {
@@ -52,6 +55,7 @@ impl ReportProblem {
             ReportProblem::ZeroSeq => DeadLetterReason::ZeroSeq,
             ReportProblem::NoFixes => DeadLetterReason::NoFixes,
             ReportProblem::TooManyFixes { .. } => DeadLetterReason::TooManyFixes,
+            ReportProblem::BadEvent(problem) => DeadLetterReason::from_code(problem.code()),
         }
     }
 }
@@ -113,6 +117,27 @@ impl FixProblem {
             FixProblem::DetailOutOfRange(_) => DeadLetterReason::DetailOutOfRange,
             FixProblem::SameDeviceTime { .. } => DeadLetterReason::SameDeviceTime,
         }
+    }
+}
+
+/// Decodes and checks a courier's order event (`couriers/{id}/events`). On failure, also
+/// returns the event's seq when it decoded, so the caller consumes it: an event that can never
+/// be taken must not be resent forever.
+pub fn decode_event(
+    payload: &[u8],
+    config: &PipelineConfig,
+) -> Result<CourierEvent, (ReportProblem, Option<u64>)> {
+    if payload.len() > config.max_report_bytes {
+        let problem =
+            ReportProblem::Oversized { size: payload.len(), limit: config.max_report_bytes };
+        let seq = wire::decode_event(payload).ok().map(|e| e.seq).filter(|&seq| seq > 0);
+        return Err((problem, seq));
+    }
+    let event = wire::decode_event(payload).map_err(|e| (ReportProblem::Wire(e), None))?;
+    match event.problem() {
+        None => Ok(event),
+        Some(wire::EventProblem::ZeroSeq) => Err((ReportProblem::ZeroSeq, None)),
+        Some(problem) => Err((ReportProblem::BadEvent(problem), Some(event.seq))),
     }
 }
 

@@ -53,6 +53,15 @@ pub enum DeadLetterReason {
     /// `same_device_time`: the courier already has a fix at that device millisecond.
     SameDeviceTime,
 
+    // A courier's order event (`couriers/{id}/events`).
+    /// `bad_event_id`: an event id that is not a valid id.
+    BadEventId,
+    /// `bad_event_details`: an event's details that are not JSON or too long.
+    BadEventDetails,
+    /// `order_event_refused`: the order's lifecycle does not allow the event now (not the
+    /// courier's order, not in a status it follows from, or no such order).
+    OrderEventRefused,
+
     // `locusd replay`.
     /// `bad_courier`: a replayed line whose courier id is not a valid id.
     BadCourier,
@@ -96,6 +105,9 @@ impl DeadLetterReason {
             BadOrderId => "bad_order_id",
             DetailOutOfRange => "detail_out_of_range",
             SameDeviceTime => "same_device_time",
+            BadEventId => "bad_event_id",
+            BadEventDetails => "bad_event_details",
+            OrderEventRefused => "order_event_refused",
             BadCourier => "bad_courier",
             PluginRejected(_) => "plugin_rejected",
             PluginFailed => "plugin_failed",
@@ -126,6 +138,9 @@ impl DeadLetterReason {
             "bad_order_id" => BadOrderId,
             "detail_out_of_range" => DetailOutOfRange,
             "same_device_time" => SameDeviceTime,
+            "bad_event_id" => BadEventId,
+            "bad_event_details" => BadEventDetails,
+            "order_event_refused" => OrderEventRefused,
             "bad_courier" => BadCourier,
             "plugin_rejected" => PluginRejected(String::new()),
             "plugin_failed" => PluginFailed,

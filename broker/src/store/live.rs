@@ -1,6 +1,6 @@
 //! The live view: what the log says now, in memory — every courier's committed seqs and last
-//! location, the last locations of orders changed since the last checkpoint, and the open
-//! track blocks. The intake applies each log entry to it right after writing the entry; the
+//! location, every order's lifecycle and which couriers' fixes locate which orders, the last
+//! locations of orders changed since the last checkpoint, and the open track blocks. The intake applies each log entry to it right after writing the entry; the
 //! checkpoint copies what changed into sled.
 
 use super::log::{CommitRecord, OrderRecord};
@@ -40,6 +40,9 @@ pub(super) struct Live {
     pub(super) order_states: HashMap<String, Order>,
     /// Orders whose lifecycle changed since the last checkpoint.
     pub(super) orders_dirty: HashSet<String>,
+    /// Courier → the orders its fixes locate now (assigned to it, neither delivered nor
+    /// cancelled; see [`Order::follows`]). Kept with `order_states`.
+    pub(super) following: HashMap<String, Vec<String>>,
     /// The newest log entry applied.
     pub(super) applied_through: u64,
     /// Couriers with fixes since the last prune (only their tracks can have outgrown it).
@@ -52,15 +55,37 @@ impl Live {
         self.orders.get(order).or_else(|| self.orders_checkpointing.get(order))
     }
 
-    /// Applies log entry `id`. `stored_order` reads an order's last location from sled when
-    /// memory does not have it; `in_written_track(courier, ts)` says the track in sled already
-    /// holds the fix (after a checkpoint cut off halfway; see the store's `replay`).
+    /// Adds `order` to what its courier's fixes locate, if they do now.
+    pub(super) fn follow(&mut self, order: &Order) {
+        if let Some(courier) = order.courier.as_deref().filter(|c| order.follows(c)) {
+            self.following.entry(courier.to_owned()).or_default().push(order.id.clone());
+        }
+    }
+
+    fn unfollow(&mut self, courier: &str, order: &str) {
+        if let Some(orders) = self.following.get_mut(courier) {
+            orders.retain(|o| o != order);
+            if orders.is_empty() {
+                self.following.remove(courier);
+            }
+        }
+    }
+
+    /// Applies log entry `id`, adding to `moved` the orders whose location it changed.
+    /// `stored_order` reads an order's last location from sled when memory does not have it;
+    /// `in_written_track(courier, ts)` says the track in sled already holds the fix (after a
+    /// checkpoint cut off halfway; see the store's `replay`).
+    ///
+    /// A fix locates the orders its courier is assigned to and has not delivered (or seen
+    /// cancelled) at the point of the log it is in; its own `order` field is only recorded
+    /// (in the track and InfluxDB): a device cannot move an order it does not carry.
     pub(super) fn apply(
         &mut self,
         id: u64,
         record: CommitRecord,
         mut stored_order: impl FnMut(&str) -> Option<(String, StoredFix)>,
         mut in_written_track: impl FnMut(&str, u64) -> bool,
+        moved: &mut Vec<String>,
     ) {
         let CommitRecord { received_ms, couriers, reports, fixes } = record;
         if !fixes.is_empty() {
@@ -85,13 +110,17 @@ impl Live {
                 live.record.last = Some(stored.clone());
             }
             live.dirty = true;
-            if let Some(order) = stored.fix.order() {
-                let newer = match self.order(order) {
+            for order in self.following.get(courier).into_iter().flatten() {
+                let known = self.orders.get(order).or_else(|| self.orders_checkpointing.get(order));
+                let newer = match known {
                     Some((_, current)) => ts >= current.fix.ts_ms,
                     None => stored_order(order).is_none_or(|(_, f)| ts >= f.fix.ts_ms),
                 };
                 if newer {
-                    self.orders.insert(order.to_owned(), (courier.clone(), stored.clone()));
+                    self.orders.insert(order.clone(), (courier.clone(), stored.clone()));
+                    if !moved.contains(order) {
+                        moved.push(order.clone());
+                    }
                 }
             }
             if !in_written_track(courier, ts) {
@@ -106,9 +135,14 @@ impl Live {
     pub(super) fn apply_orders(&mut self, id: u64, record: OrderRecord) {
         for logged in record.events {
             let current = self.order_states.get(&logged.order);
+            let followed_by = current.and_then(|o| o.courier.clone().filter(|c| o.follows(c)));
             let event = logged.event.clone();
             match Order::after_event(current, &logged.order, event, logged.source()) {
                 Ok((Applied::Changed { .. }, after)) => {
+                    if let Some(courier) = followed_by {
+                        self.unfollow(&courier, &logged.order);
+                    }
+                    self.follow(&after);
                     self.order_states.insert(logged.order.clone(), after);
                     self.orders_dirty.insert(logged.order);
                 }

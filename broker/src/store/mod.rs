@@ -7,10 +7,10 @@
 //!
 //! The write path is one sled value per commit, because sled costs about 10 µs per key
 //! written: written as a log it costs about 1 µs per fix, written as an index 10–20 µs.
-//! - [`log`] (tree `log`): the [`LogEntry`] of every commit — the reports' seqs and fixes, or
-//!   order events the intake accepted ([`Store::commit_orders`]) —
-//!   written in one step, together with the commit's dead letters and replay progress when it
-//!   has any (one transaction). It is what an ack promises: the pipeline acks only after
+//! - [`log`] (tree `log`): the [`LogEntry`]s of every commit — the reports' seqs and fixes,
+//!   and the order events the intake accepted —
+//!   written in one step, together with the commit's dead letters, replay progress and the
+//!   notifications its order events cause when it has any (one transaction). It is what an ack promises: the pipeline acks only after
 //!   [`Store::flush`] made it durable.
 //! - Views, each rebuilt after a crash by replaying the log from its cursor:
 //!   - live state ([`live`], in memory): every courier's committed seqs ([`seqs`]) and last
@@ -31,6 +31,7 @@
 //!   have both passed it.
 //! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`] ([`dead_letter`]).
 //! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes).
+//! - `notifications`: deliveries of order notifications ([`crate::notify`]).
 //! - `meta`: the layout version and the cursors. A data dir of the previous layout (a key per
 //!   track fix, a committed seq per courier, an outbox of line protocol) is migrated by
 //!   [`migrate`] on first open.
@@ -49,7 +50,7 @@ pub mod track;
 pub use config::{DeadLetterConfig, StoreConfig, TrackConfig};
 pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
 pub use log::{CommitRecord, LogEntry, LoggedFix, LoggedOrderEvent, OrderRecord, RecordBuilder};
-pub use records::StoredFix;
+pub use records::{FixView, StoredFix};
 pub use seqs::{SeqTake, SeqWindow};
 
 use crate::orders::Order;
@@ -115,15 +116,28 @@ impl StoreOptions {
     }
 }
 
-/// Everything one commit changes.
+/// Everything one commit changes, written at once: all of it or none of it.
 #[derive(Debug, Default)]
 pub struct Commit {
-    /// The reports taken and the fixes committed (the log entry).
+    /// The reports taken and the fixes committed (a log entry).
     pub record: CommitRecord,
+    /// Order events accepted (a second log entry, after the record's: the fixes a courier sent
+    /// before its `delivered` locate the order).
+    pub orders: OrderRecord,
     /// Dead letters found while building it.
     pub dead_letters: Vec<DeadLetter>,
     /// `locusd replay` progress (key, value), committed with the fixes it covers.
     pub replay_progress: Option<(Vec<u8>, Vec<u8>)>,
+    /// Notifications of the order events, as [`crate::notify`] staged them (key, value): an
+    /// event and the deliveries it causes are never written one without the other.
+    pub notifications: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What a commit changed that others follow.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Orders whose location its fixes changed.
+    pub moved_orders: Vec<String>,
 }
 
 /// The sled database, its trees and the live view. Cheap to clone.
@@ -139,6 +153,7 @@ struct Inner {
     courier_state: sled::Tree,
     order_location: sled::Tree,
     orders: sled::Tree,
+    notifications: sled::Tree,
     track: sled::Tree,
     dead_letters: sled::Tree,
     replay_progress: sled::Tree,
@@ -240,11 +255,12 @@ pub const FULL_PRUNE_EVERY: u64 = 60;
 /// The plugin registry's tree.
 const PLUGINS_TREE: &str = "plugins";
 
-/// The notifier's deliveries (format in `notify/deliveries.rs`).
-const NOTIFICATIONS_TREE: &str = "notifications";
-
 /// Order id → [`Order`] (its lifecycle), as of the last checkpoint.
 const ORDERS_TREE: &str = "orders";
+
+/// Deliveries of order notifications, written with the events that cause them; their
+/// records are [`crate::notify`]'s own (format in `notify/deliveries.rs`).
+const NOTIFICATIONS_TREE: &str = "notifications";
 
 const FORMAT: u64 = 2;
 const META_FORMAT: &[u8] = b"format";
@@ -320,6 +336,7 @@ impl Store {
         for entry in orders.iter() {
             let (_, value) = entry?;
             let order: Order = decode(ORDERS_TREE, &value)?;
+            live.follow(&order);
             live.order_states.insert(order.id.clone(), order);
         }
         let replayed =
@@ -349,6 +366,7 @@ impl Store {
                 courier_state,
                 order_location,
                 orders,
+                notifications: db.open_tree(NOTIFICATIONS_TREE)?,
                 track,
                 replay_progress: db.open_tree("replay_progress")?,
                 dead_letters,
@@ -377,10 +395,10 @@ impl Store {
         Ok(self.inner.db.open_tree(PLUGINS_TREE)?)
     }
 
-    /// The tree the notifier keeps its deliveries in (its records are the notifier's own;
-    /// the store only owns the tree).
-    pub fn notifications_tree(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.inner.db.open_tree(NOTIFICATIONS_TREE)?)
+    /// The tree of notification deliveries ([`crate::notify`] reads and updates its records;
+    /// new ones are written by [`Store::commit`] with the events that cause them).
+    pub fn notifications_tree(&self) -> sled::Tree {
+        self.inner.notifications.clone()
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
@@ -391,17 +409,30 @@ impl Store {
         self.inner.live.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes a commit (its log entry, with its dead letters and replay progress in the same
-    /// transaction) and applies it to the live view. Not yet durable: see [`Store::flush`].
-    /// On failure nothing of it is written or applied.
-    pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let Commit { record, dead_letters, replay_progress } = commit;
+    /// Writes a commit (its log entries, with its dead letters, replay progress and
+    /// notifications in the same transaction) and applies it to the live view. Not yet durable:
+    /// see [`Store::flush`]. On failure nothing of it is written or applied.
+    pub fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let Commit { record, orders, dead_letters, replay_progress, notifications } = commit;
         let inner = &self.inner;
-        let id = inner.next_log_id.load(Ordering::Relaxed);
-        let entry = (!record.is_empty()).then(|| encode(&LogEntryRef::Commit(&record)));
-        if dead_letters.is_empty() && replay_progress.is_none() {
-            if let Some(entry) = &entry {
-                inner.log.insert(log::key(id), entry.as_slice())?;
+        let first_id = inner.next_log_id.load(Ordering::Relaxed);
+        let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(2);
+        if !record.is_empty() {
+            entries.push((first_id, encode(&LogEntryRef::Commit(&record))));
+        }
+        let orders = (!orders.events.is_empty()).then(|| {
+            let entry = LogEntry::Orders(orders);
+            entries.push((first_id + entries.len() as u64, entry.encode()));
+            match entry {
+                LogEntry::Orders(orders) => orders,
+                _ => unreachable!("built as orders just above"),
+            }
+        });
+        let alone =
+            dead_letters.is_empty() && replay_progress.is_none() && notifications.is_empty();
+        if alone && entries.len() <= 1 {
+            for (id, entry) in &entries {
+                inner.log.insert(log::key(*id), entry.as_slice())?;
             }
         } else {
             let mut letters = sled::Batch::default();
@@ -410,29 +441,45 @@ impl Store {
             for (i, letter) in dead_letters.iter().enumerate() {
                 letters.insert(&(first_letter + i as u64).to_be_bytes(), letter.encode());
             }
-            (&inner.log, &inner.dead_letters, &inner.replay_progress).transaction(
-                |(log, dead, progress)| {
-                    if let Some(entry) = &entry {
-                        log.insert(&log::key(id), entry.as_slice())?;
-                    }
-                    dead.apply_batch(&letters)?;
-                    if let Some((key, value)) = &replay_progress {
-                        progress.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                },
-            )?;
+            let trees =
+                (&inner.log, &inner.dead_letters, &inner.replay_progress, &inner.notifications);
+            trees.transaction(|(log, dead, progress, notify)| {
+                for (id, entry) in &entries {
+                    log.insert(&log::key(*id), entry.as_slice())?;
+                }
+                dead.apply_batch(&letters)?;
+                if let Some((key, value)) = &replay_progress {
+                    progress.insert(key.as_slice(), value.as_slice())?;
+                }
+                for (key, value) in &notifications {
+                    notify.insert(key.as_slice(), value.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })?;
         }
-        if entry.is_none() {
-            return Ok(());
+        let mut committed = Committed::default();
+        if entries.is_empty() {
+            return Ok(committed);
         }
-        inner.next_log_id.store(id + 1, Ordering::Relaxed);
+        inner.next_log_id.store(first_id + entries.len() as u64, Ordering::Relaxed);
         if inner.options.keep_for_shipper {
             inner.shipper_pending.fetch_add(record.fixes.len() as u64, Ordering::Relaxed);
         }
-        let orders = &inner.order_location;
-        self.live_mut().apply(id, record, |order| stored_order(orders, order), |_, _| false);
-        Ok(())
+        let order_location = &inner.order_location;
+        let mut live = self.live_mut();
+        if !record.is_empty() {
+            live.apply(
+                first_id,
+                record,
+                |order| stored_order(order_location, order),
+                |_, _| false,
+                &mut committed.moved_orders,
+            );
+        }
+        if let Some(orders) = orders {
+            live.apply_orders(first_id + entries.len() as u64 - 1, orders);
+        }
+        Ok(committed)
     }
 
     /// Appends InfluxDB lines to the log for the shipper alone (the migration of an older
@@ -454,26 +501,15 @@ impl Store {
         Ok(id)
     }
 
-    /// Writes order events the intake accepted as one log entry and applies them to the orders
-    /// view. Not yet durable: see [`Store::flush`].
-    pub fn commit_orders(&self, record: OrderRecord) -> Result<(), StoreError> {
-        if record.events.is_empty() {
-            return Ok(());
-        }
-        let inner = &self.inner;
-        let id = inner.next_log_id.load(Ordering::Relaxed);
-        let entry = LogEntry::Orders(record);
-        inner.log.insert(log::key(id), entry.encode())?;
-        inner.next_log_id.store(id + 1, Ordering::Relaxed);
-        if let LogEntry::Orders(record) = entry {
-            self.live_mut().apply_orders(id, record);
-        }
-        Ok(())
-    }
-
     /// An order's lifecycle, as committed so far.
     pub fn order(&self, order: &str) -> Option<Order> {
         self.live().order_states.get(order).cloned()
+    }
+
+    /// An order's status, without copying its timeline (the broker asks on every customer
+    /// subscribe).
+    pub fn order_status(&self, order: &str) -> Option<crate::orders::Status> {
+        self.live().order_states.get(order).map(|o| o.status)
     }
 
     /// Orders that `wanted` picks, up to `limit`, by id.
@@ -520,7 +556,7 @@ impl Store {
 
     /// Stores dead letters on their own (durable at the next flush).
     pub fn record_dead_letters(&self, letters: Vec<DeadLetter>) -> Result<(), StoreError> {
-        self.commit(Commit { dead_letters: letters, ..Commit::default() })
+        self.commit(Commit { dead_letters: letters, ..Commit::default() }).map(|_| ())
     }
 
     /// Copies what changed in the live view into sled, then the views' cursor, and removes the
@@ -896,6 +932,7 @@ fn replay(
                         maybe_written
                             && written.get(courier).is_some_and(|times| times.contains(&ts))
                     },
+                    &mut Vec::new(),
                 );
             }
             // An order checkpointed halfway already holds some of these events: they are

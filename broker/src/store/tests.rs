@@ -64,19 +64,16 @@ fn a_checkpoint_moves_the_views_to_sled_and_empties_the_log() {
     for seq in 1..=200 {
         store.commit(reports("c1", &[seq])).unwrap();
     }
-    let mut order = RecordBuilder::new(5);
-    let mut fix = Fix::from_degrees(999_000, 3.0, 4.0);
-    fix.details =
-        Some(locus_sdk::wire::FixDetails { order: Some("o1".into()), ..Default::default() });
-    order.fix("c2", fix, vec![]);
-    store.commit(Commit { record: order.finish(), ..Commit::default() }).unwrap();
+    use crate::orders::EventKind::*;
+    commit_orders(&store, &[("o1", "e1", Placed, None), ("o1", "e2", Assigned, Some("c2"))]);
+    store.commit(fix_naming("c2", 999_000, None)).unwrap();
 
     let stats = store.checkpoint().unwrap();
     assert_eq!((stats.couriers, stats.orders), (2, 1));
     assert!(stats.blocks >= 200 / track::BLOCK_FIXES);
     assert_eq!(stats.log_entries_removed, 0, "not before the checkpoint is durable");
     // Nothing flushed since (an idle store): the next checkpoint flushes and removes.
-    assert_eq!(store.checkpoint().unwrap().log_entries_removed, 201);
+    assert_eq!(store.checkpoint().unwrap().log_entries_removed, 202);
     assert_eq!(store.inner.log.len(), 0);
     assert_eq!(store.checkpoint().unwrap().log_entries_removed, 0);
     drop(store);
@@ -87,7 +84,7 @@ fn a_checkpoint_moves_the_views_to_sled_and_empties_the_log() {
     assert_eq!(store.order_location("o1").unwrap().unwrap().0, "c2");
     // After a checkpoint the log starts from where it was: ids never go back.
     store.commit(reports("c1", &[201])).unwrap();
-    assert_eq!(store.inner.log.first().unwrap().map(|(k, _)| log::id_of(&k)), Some(202));
+    assert_eq!(store.inner.log.first().unwrap().map(|(k, _)| log::id_of(&k)), Some(203));
 }
 
 #[test]
@@ -156,14 +153,7 @@ fn same_device_times_are_found_in_memory_and_in_sled() {
 
 #[test]
 fn a_checkpoint_cut_off_halfway_is_completed_by_the_replay_without_doubling_the_track() {
-    let order_fix = |ts: u64| {
-        let mut builder = RecordBuilder::new(ts);
-        let mut fix = Fix::from_degrees(ts, 3.0, 4.0);
-        fix.details =
-            Some(locus_sdk::wire::FixDetails { order: Some("o1".into()), ..Default::default() });
-        builder.fix("c2", fix, vec![]);
-        Commit { record: builder.finish(), ..Commit::default() }
-    };
+    let order_fix = |ts: u64| fix_naming("c2", ts, None);
     let check = |store: &Store, at: &str| {
         let c1: Vec<u64> = (1..=140).map(|seq| seq * 1000).collect();
         assert_eq!(times(&store.track("c1", None, None, 1_000).unwrap()), c1, "{at}");
@@ -178,6 +168,8 @@ fn a_checkpoint_cut_off_halfway_is_completed_by_the_replay_without_doubling_the_
     loop {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        use crate::orders::EventKind::*;
+        commit_orders(&store, &[("o1", "e1", Placed, None), ("o1", "e2", Assigned, Some("c2"))]);
         for seq in 1..=70 {
             store.commit(reports("c1", &[seq])).unwrap();
         }
@@ -238,21 +230,98 @@ fn order_events(events: &[(&str, &str, crate::orders::EventKind, Option<&str>)])
     OrderRecord { received_ms: 1, events }
 }
 
+/// Commits order events alone.
+fn commit_orders(store: &Store, events: &[(&str, &str, crate::orders::EventKind, Option<&str>)]) {
+    store.commit(Commit { orders: order_events(events), ..Commit::default() }).unwrap();
+}
+
+/// A commit of one fix of `courier` at device time `ts` that names `order` in its own field.
+fn fix_naming(courier: &str, ts: u64, order: Option<&str>) -> Commit {
+    let mut builder = RecordBuilder::new(ts);
+    let mut fix = Fix::from_degrees(ts, 3.0, 4.0);
+    fix.details =
+        Some(locus_sdk::wire::FixDetails { order: order.map(str::to_owned), ..Default::default() });
+    builder.fix(courier, fix, vec![]);
+    Commit { record: builder.finish(), ..Commit::default() }
+}
+
+/// A commit of an event `courier` sent over MQTT.
+fn from_courier(courier: &str, order: &str, id: &str, kind: crate::orders::EventKind) -> Commit {
+    let mut record = order_events(&[(order, id, kind, None)]);
+    for logged in &mut record.events {
+        logged.event.actor = format!("courier:{courier}");
+        logged.from_courier = Some(courier.to_owned());
+    }
+    Commit { orders: record, ..Commit::default() }
+}
+
+#[test]
+fn a_fix_locates_only_the_orders_its_courier_carries_while_they_are_active() {
+    use crate::orders::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let located = |store: &Store, order: &str| {
+        store.order_location(order).unwrap().map(|(courier, f)| (courier, f.fix.ts_ms))
+    };
+    commit_orders(&store, &[("o1", "e1", Placed, None), ("o2", "e1", Placed, None)]);
+    // Placed, not assigned: a fix naming it is only recorded.
+    let moved = store.commit(fix_naming("c1", 1_000, Some("o1"))).unwrap().moved_orders;
+    assert!(moved.is_empty() && located(&store, "o1").is_none());
+    commit_orders(&store, &[("o1", "e2", Assigned, Some("c1"))]);
+    // Assigned: the courier's fixes locate it, whatever their own `order` field says.
+    let moved = store.commit(fix_naming("c1", 2_000, None)).unwrap().moved_orders;
+    assert_eq!(moved, ["o1"]);
+    assert_eq!(located(&store, "o1"), Some(("c1".to_owned(), 2_000)));
+    store.commit(fix_naming("c2", 2_500, Some("o1"))).unwrap();
+    store.commit(fix_naming("c2", 2_600, Some("o2"))).unwrap();
+    assert_eq!(located(&store, "o1"), Some(("c1".to_owned(), 2_000)), "c2 does not carry o1");
+    assert!(located(&store, "o2").is_none(), "nobody carries o2");
+    // Reassigned to c2: c2's fixes locate it from now on, c1's do not.
+    commit_orders(&store, &[("o1", "e3", Assigned, Some("c2"))]);
+    store.commit(fix_naming("c1", 3_000, None)).unwrap();
+    assert_eq!(located(&store, "o1"), Some(("c1".to_owned(), 2_000)));
+    store.commit(fix_naming("c2", 3_500, None)).unwrap();
+    assert_eq!(located(&store, "o1"), Some(("c2".to_owned(), 3_500)));
+    store.checkpoint().unwrap();
+    store.flush().unwrap();
+    drop(store);
+
+    // Who carries what is rebuilt on open (checkpointed orders, then the log after them).
+    let store = reopen(dir.path(), StoreOptions::default());
+    commit_orders(&store, &[("o1", "e4", Ready, None)]);
+    store.commit(fix_naming("c2", 4_000, None)).unwrap();
+    assert_eq!(located(&store, "o1"), Some(("c2".to_owned(), 4_000)));
+    // Picked up, still located; delivered, located no more (the last location stays).
+    store.commit(from_courier("c2", "o1", "e5", PickedUp)).unwrap();
+    store.commit(fix_naming("c2", 5_000, None)).unwrap();
+    assert_eq!(located(&store, "o1"), Some(("c2".to_owned(), 5_000)));
+    store.commit(from_courier("c2", "o1", "e6", Delivered)).unwrap();
+    let moved = store.commit(fix_naming("c2", 6_000, Some("o1"))).unwrap().moved_orders;
+    assert!(moved.is_empty());
+    assert_eq!(located(&store, "o1"), Some(("c2".to_owned(), 5_000)), "delivered: it stays");
+    store.flush().unwrap();
+    drop(store);
+    let store = reopen(dir.path(), StoreOptions::default());
+    store.commit(fix_naming("c2", 7_000, None)).unwrap();
+    assert_eq!(located(&store, "o1"), Some(("c2".to_owned(), 5_000)), "and after a replay");
+}
+
 #[test]
 fn order_lifecycles_survive_a_reopen_with_and_without_a_checkpoint() {
     use crate::orders::{EventKind::*, Status};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store
-        .commit_orders(order_events(&[
+    commit_orders(
+        &store,
+        &[
             ("o1", "e1", Placed, None),
             ("o1", "e2", Assigned, Some("c1")),
             ("o2", "e1", Placed, None),
-        ]))
-        .unwrap();
+        ],
+    );
     store.checkpoint().unwrap();
     // After the checkpoint: only in the log.
-    store.commit_orders(order_events(&[("o1", "e3", Ready, None)])).unwrap();
+    commit_orders(&store, &[("o1", "e3", Ready, None)]);
     store.commit(reports("c1", &[1])).unwrap();
     store.flush().unwrap();
     let active = |store: &Store| store.orders(|o| !o.status.is_ended(), 10);
@@ -280,19 +349,16 @@ fn ended_orders_are_pruned_with_their_locations_once_kept_long_enough() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     // Event times are all 1 ms (see `order_events`): o1 ended at 1, o2 is still open.
-    store
-        .commit_orders(order_events(&[
+    commit_orders(
+        &store,
+        &[
             ("o1", "e1", Placed, None),
-            ("o1", "e2", Cancelled, None),
+            ("o1", "e2", Assigned, Some("c1")),
             ("o2", "e1", Placed, None),
-        ]))
-        .unwrap();
-    let mut located = RecordBuilder::new(1);
-    let mut fix = Fix::from_degrees(5_000, 1.0, 2.0);
-    fix.details =
-        Some(locus_sdk::wire::FixDetails { order: Some("o1".into()), ..Default::default() });
-    located.fix("c1", fix, vec![]);
-    store.commit(Commit { record: located.finish(), ..Commit::default() }).unwrap();
+        ],
+    );
+    store.commit(fix_naming("c1", 5_000, None)).unwrap();
+    commit_orders(&store, &[("o1", "e3", Cancelled, None)]);
     store.checkpoint().unwrap();
     assert!(store.order_location("o1").unwrap().is_some());
 

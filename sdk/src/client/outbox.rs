@@ -182,7 +182,7 @@ impl Sealed {
         }
     }
 
-    fn is_event(&self) -> bool {
+    pub fn is_event(&self) -> bool {
         matches!(self.contents, SealedContents::Event(_))
     }
 }

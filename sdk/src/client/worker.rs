@@ -286,8 +286,25 @@ async fn session(shared: &Shared, config: &CourierConfig) -> SessionEnd {
                         .seal(report_size, max_age, room - unsent, force, now)
                         .map_err(|e| e.to_string())?;
                 }
-                let to_send: Vec<Outgoing> =
-                    outbox.sealed().skip(inflight).take(room).map(Sealed::outgoing).collect();
+                // An event is a barrier: it goes alone, once everything before it is acked, and
+                // nothing after it goes until it is acked. Reports and events travel on two
+                // topics, which the broker does not order against each other, and the server
+                // applies an event when it arrives: a fix sent after `delivered` must not reach
+                // it first (it would locate a delivered order), nor one sent before arrive after.
+                let event_in_flight = outbox.sealed().take(inflight).any(Sealed::is_event);
+                let mut to_send: Vec<Outgoing> = Vec::new();
+                for sealed in outbox.sealed().skip(inflight).take(room) {
+                    if event_in_flight {
+                        break;
+                    }
+                    if sealed.is_event() {
+                        if inflight == 0 && to_send.is_empty() {
+                            to_send.push(sealed.outgoing());
+                        }
+                        break;
+                    }
+                    to_send.push(sealed.outgoing());
+                }
                 let seal_due =
                     if outbox.sealed_len() < window { outbox.next_seal_due(max_age) } else { None };
                 Ok((to_send, seal_due, inflight > 0))

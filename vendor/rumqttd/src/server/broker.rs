@@ -744,7 +744,9 @@ async fn remote<P: Protocol>(
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        // locus patch: the earlier link may be gone without having removed its handler (the
+        // router refused it, e.g. for a client id with `/`); then nobody waits for this.
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
