@@ -12,6 +12,7 @@
 //! them again when locusd starts.
 
 use super::order_desk::OrderChange;
+use crate::orders::EventKind;
 use crate::store::Store;
 use bytes::Bytes;
 use locus_sdk::{topics, wire};
@@ -53,12 +54,13 @@ impl Announcer {
         self.publish(topics::acks(courier), payload, true)
     }
 
-    /// An order's new status; when it ended, its location is emptied.
+    /// An order's new status; when the event ended it, its location is emptied.
     pub(super) fn order_changed(&mut self, change: &OrderChange) -> Result<(), LinkLost> {
         let order = &change.order;
         let notice = crate::orders::notice_json(order, &change.event);
         self.publish(topics::order_status(&order.id), notice.to_string().into_bytes(), true)?;
-        if order.status.is_ended() {
+        let ends = matches!(change.event.kind, EventKind::Delivered | EventKind::Cancelled);
+        if ends {
             self.location_due.remove(&order.id);
             self.location_sent.remove(&order.id);
             self.publish(topics::order_location(&order.id), Vec::new(), true)?;
