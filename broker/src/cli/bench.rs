@@ -731,7 +731,7 @@ impl BareBroker {
 fn relay(link: BrokerLink) {
     use rumqttd::protocol::{Packet, Publish};
     use rumqttd::Notification;
-    let BrokerLink { mut tx, mut rx } = link;
+    let BrokerLink { mut tx, mut rx, .. } = link;
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else { return };
     runtime.block_on(async move {
         loop {

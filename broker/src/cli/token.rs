@@ -161,7 +161,7 @@ fn subject_for(role: Role, subject: Option<String>) -> anyhow::Result<String> {
                 "{role} id {given:?} must be 1-64 characters of letters, digits, - _ . :"
             );
             anyhow::ensure!(
-                !(role == Role::Courier && given == crate::mqtt::PIPELINE_CLIENT_ID),
+                !(role == Role::Courier && crate::mqtt::policy::is_reserved_client_id(&given)),
                 "courier id {given:?} is reserved for locusd's own link into its broker"
             );
             Ok(given)

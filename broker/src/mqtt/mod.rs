@@ -37,7 +37,7 @@ mod config;
 pub mod policy;
 
 pub use config::MqttConfig;
-pub use policy::PIPELINE_CLIENT_ID;
+pub use policy::{PIPELINE_CLIENT_ID, PIPELINE_EVENTS_CLIENT_ID};
 
 /// The broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +58,24 @@ pub enum MqttError {
     Link(String),
 }
 
-/// The pipeline's connection to the embedded broker.
+/// The pipeline's connections to the embedded broker.
 #[allow(missing_debug_implementations)] // rumqttd's link types are not Debug
 pub struct BrokerLink {
-    /// Publishes (acks) into the broker.
+    /// Publishes (acks, order statuses and locations) into the broker.
     pub tx: LinkTx,
-    /// Receives subscribed publishes.
+    /// Receives reports (`couriers/+/locations`).
+    pub rx: LinkRx,
+    /// Receives couriers' order events (`couriers/+/events`) on a link of its own
+    /// ([`PIPELINE_EVENTS_CLIENT_ID`]); `None` in tests that feed reports only.
+    pub events: Option<EventsLink>,
+}
+
+/// The link couriers' order events arrive on.
+#[allow(missing_debug_implementations)] // rumqttd's link types are not Debug
+pub struct EventsLink {
+    /// Kept open: the router closes a link whose sender is dropped.
+    pub tx: LinkTx,
+    /// Receives the events.
     pub rx: LinkRx,
 }
 
@@ -171,9 +183,12 @@ pub fn start(
     let mut broker = Broker::new(broker_config);
     let (mut tx, rx) =
         broker.link(PIPELINE_CLIENT_ID).map_err(|e| MqttError::Link(e.to_string()))?;
-    for filter in [locus_sdk::topics::ALL_LOCATIONS, locus_sdk::topics::ALL_EVENTS] {
-        tx.subscribe(filter).map_err(|e| MqttError::Link(e.to_string()))?;
-    }
+    tx.subscribe(locus_sdk::topics::ALL_LOCATIONS).map_err(|e| MqttError::Link(e.to_string()))?;
+    let (mut events_tx, events_rx) =
+        broker.link(PIPELINE_EVENTS_CLIENT_ID).map_err(|e| MqttError::Link(e.to_string()))?;
+    events_tx
+        .subscribe(locus_sdk::topics::ALL_EVENTS)
+        .map_err(|e| MqttError::Link(e.to_string()))?;
 
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -184,7 +199,7 @@ pub fn start(
         })
         .map_err(|e| MqttError::Link(e.to_string()))?;
 
-    Ok(BrokerLink { tx, rx })
+    Ok(BrokerLink { tx, rx, events: Some(EventsLink { tx: events_tx, rx: events_rx }) })
 }
 
 fn connection_settings(
@@ -330,8 +345,8 @@ impl RateLimitedLog {
 
 /// Client ids no device may use, whatever its credentials.
 fn check_client_id(client_id: &str) -> Result<(), String> {
-    if client_id == PIPELINE_CLIENT_ID {
-        return Err(format!("client id {PIPELINE_CLIENT_ID} is reserved for locusd"));
+    if policy::is_reserved_client_id(client_id) {
+        return Err(format!("client id {client_id} is reserved for locusd"));
     }
     // The broker's router drops such a client's link after CONNACK; refuse it with a reason.
     if client_id.contains(['+', '$', '#', '/']) {

@@ -36,9 +36,20 @@
 use locus_sdk::topics;
 use std::sync::Arc;
 
-/// Client id of locusd's own link into the embedded broker. Not a courier: refused at CONNECT
-/// and by `locusd token issue`, so no device can take over the pipeline's session.
+/// Client id of locusd's own link into the embedded broker (reports in, acks and statuses
+/// out). Not a courier: refused at CONNECT and by `locusd token issue`
+/// ([`is_reserved_client_id`]), so no device can take over the pipeline's session.
 pub const PIPELINE_CLIENT_ID: &str = "locusd-pipeline";
+
+/// Client id of locusd's second link, which reads couriers' order events. A link of its own:
+/// a second filter on the reports' link doubled its p50 and p99 under a city's load (the
+/// router serves a link's filters in turn).
+pub const PIPELINE_EVENTS_CLIENT_ID: &str = "locusd-pipeline-events";
+
+/// Whether a client id is one of locusd's own links.
+pub fn is_reserved_client_id(client_id: &str) -> bool {
+    [PIPELINE_CLIENT_ID, PIPELINE_EVENTS_CLIENT_ID].contains(&client_id)
+}
 
 /// Prefix of the client ids of customers following an order.
 pub const CUSTOMER_CLIENT_PREFIX: &str = "order@";
@@ -311,5 +322,7 @@ mod tests {
     fn the_pipeline_id_is_a_valid_courier_id_so_it_must_be_reserved() {
         // If this ever fails, the reservation is no longer needed, but keep it anyway.
         assert!(topics::is_valid_id(PIPELINE_CLIENT_ID));
+        assert!(topics::is_valid_id(PIPELINE_EVENTS_CLIENT_ID));
+        assert!(is_reserved_client_id(PIPELINE_EVENTS_CLIENT_ID));
     }
 }

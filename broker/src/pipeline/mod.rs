@@ -628,6 +628,7 @@ fn refused_fixes_detail(
 fn run_intake(
     mut intake: Intake,
     mut rx: LinkRx,
+    mut events: Option<crate::mqtt::EventsLink>,
     to_committer: mpsc::SyncSender<PendingAcks>,
     flushing: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -669,8 +670,18 @@ fn run_intake(
         // Wait briefly for the first publish so `stop` is noticed, then take everything that
         // is already there: the batch grows with the load, which is what makes group commit
         // cheap under load and fast when idle.
-        let mut deadline = Instant::now() + Duration::from_millis(100);
         let mut first_received = Instant::now();
+        // Couriers' order events first (few; they join this batch), without waiting.
+        if let Some(events) = &mut events {
+            if let Err(e) = take_waiting_events(&mut events.rx, &mut publishes) {
+                tracing::error!(error = %e, "lost the link to the embedded broker");
+                return;
+            }
+        }
+        let mut deadline = match publishes.is_empty() {
+            true => Instant::now() + Duration::from_millis(100),
+            false => Instant::now(),
+        };
         while publishes.len() < max_batch {
             match rx.recv_deadline(deadline) {
                 Ok(Some(Notification::Forward(forward))) => {
@@ -746,6 +757,26 @@ fn run_intake(
         flushing.fetch_add(1, Ordering::AcqRel);
         if to_committer.send(pending).is_err() {
             return;
+        }
+    }
+}
+
+/// Moves the order events waiting on the events link into `publishes`, without waiting.
+fn take_waiting_events(
+    rx: &mut LinkRx,
+    publishes: &mut Vec<(Bytes, Bytes)>,
+) -> Result<(), Box<LinkError>> {
+    loop {
+        match rx.recv_deadline(Instant::now()) {
+            Ok(Some(Notification::Forward(forward))) => {
+                publishes.push((forward.publish.topic, forward.publish.payload));
+            }
+            Ok(Some(Notification::Unschedule)) => rx.ready().map_err(Box::new)?,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(Box::new(e)),
         }
     }
 }
@@ -875,7 +906,7 @@ impl PipelineHandle {
         let (to_committer, from_intake) = mpsc::sync_channel(16);
         let store = intake.store.clone();
         let metrics = intake.metrics.clone();
-        let BrokerLink { tx, rx } = link;
+        let BrokerLink { tx, rx, events } = link;
         let announcer = Announcer::new(tx, store.clone(), intake.location_interval);
         let deliveries = intake.notifier.as_ref().map(|(_, deliveries)| deliveries.clone());
         let intake_stop = stop.clone();
@@ -885,7 +916,7 @@ impl PipelineHandle {
         let (ended, intake_ended) = tokio::sync::oneshot::channel();
         let intake =
             std::thread::Builder::new().name("pipeline-intake".into()).spawn(move || {
-                run_intake(intake, rx, to_committer, flushing, intake_stop);
+                run_intake(intake, rx, events, to_committer, flushing, intake_stop);
                 let _ = ended.send(());
             })?;
         let committer =
@@ -957,7 +988,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let intake = Intake::new(PipelineConfig::default(), store, Arc::new(Metrics::new()));
-        let mut pipeline = PipelineHandle::start(intake, BrokerLink { tx, rx }).unwrap();
+        let link = BrokerLink { tx, rx, events: None };
+        let mut pipeline = PipelineHandle::start(intake, link).unwrap();
         let mut ended = Box::pin(pipeline.ended());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let mut wait =
