@@ -80,6 +80,9 @@ struct FakeServer {
     committed: Arc<Mutex<Committed>>,
     /// While false, reports are committed but no ack is published (an ack lost on the way).
     acking: Arc<AtomicBool>,
+    /// While set, publishes are lost on their way (neither committed nor acked), as a broker
+    /// that fails over without them would.
+    losing: Arc<AtomicBool>,
     tx: Arc<Mutex<LinkTx>>,
 }
 
@@ -153,11 +156,15 @@ impl FakeServer {
         });
         let committed = Arc::new(Mutex::new(Committed::default()));
         let acking = Arc::new(AtomicBool::new(true));
+        let losing = Arc::new(AtomicBool::new(false));
         let tx = Arc::new(Mutex::new(tx));
-        let (c, a, t) = (committed.clone(), acking.clone(), tx.clone());
+        let (c, a, t, l) = (committed.clone(), acking.clone(), tx.clone(), losing.clone());
         std::thread::spawn(move || {
             while let Ok(notification) = rx.recv() {
                 let Some(Notification::Forward(forward)) = notification else { continue };
+                if l.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
                 let payload = &forward.publish.payload;
                 let (courier, seq, what) =
@@ -185,7 +192,7 @@ impl FakeServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        FakeServer { addr, committed, acking, tx }
+        FakeServer { addr, committed, acking, losing, tx }
     }
 
     /// Pretends an earlier install already got `seq` committed.
@@ -364,4 +371,35 @@ fn order_events_share_the_report_sequence_and_are_resent_with_their_ids() {
     let delivered = received.iter().find(|e| e.event_id == delivery).unwrap();
     assert_eq!((delivered.order.as_str(), delivered.details.as_deref()), ("order-7", Some(proof)));
     assert_eq!(delivered.problem(), None);
+}
+
+/// A report sent, lost on the way, then dropped by the outbox's bound: the server never has its
+/// seq, and its watermark (what acks say) cannot pass a seq it never got. The outbox keeps the
+/// seq as an empty report, which the server consumes, so the courier is acked again.
+#[test]
+fn a_report_lost_and_then_dropped_by_the_bound_never_strands_the_courier() {
+    let server = FakeServer::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&server, "c-6", None, dir.path());
+    config.batch.max_fixes = 2;
+    config.outbox.max_fixes = 4;
+    config.outbox.when_full = locus_sdk::client::WhenFull::DropOldest;
+    config.ack_timeout_ms = 300;
+    let courier = Courier::connect(config).unwrap();
+    report_n(&courier, 1_000, 1);
+    courier.flush(PATIENCE).unwrap();
+
+    server.losing.store(true, Ordering::SeqCst);
+    for ts in 2_000..2_012 {
+        report_n(&courier, ts, 1);
+        // Time to seal and send each pair: the bound then drops reports already sent.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(courier.status().dropped_fixes > 0, "{:?}", courier.status());
+    server.losing.store(false, Ordering::SeqCst);
+    courier.flush(PATIENCE).expect("acked again once the server gets what is left");
+    let fixes = server.fixes("c-6");
+    assert_eq!(fixes[0], 1_000);
+    assert_eq!(fixes[fixes.len() - 4..], [2_008, 2_009, 2_010, 2_011], "the newest four kept");
+    courier.close();
 }

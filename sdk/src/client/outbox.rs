@@ -73,8 +73,8 @@ enum Record {
     /// The server's mark is `above`, beyond anything this outbox assigned: every sealed report
     /// and event is renumbered `above + 1, above + 2, ...` in order.
     Rebase { above: u64 },
-    /// The bound dropped sealed report `seq`, the oldest sealed report (sealed events before it
-    /// stay).
+    /// The bound dropped the fixes of sealed report `seq`, the oldest sealed report with fixes
+    /// (sealed events before it stay); the seq stays, as an empty report (see `Outbox::apply`).
     DropReport { seq: u64 },
     /// The bound dropped the oldest `count` pending fixes (pending events stay where they are).
     DropPending { count: u32 },
@@ -513,7 +513,8 @@ impl Outbox {
         }
         let mut records = Vec::new();
         let mut dropped = 0;
-        let mut reports = self.sealed.iter().filter(|s| !s.is_event());
+        // Reports with fixes: an emptied one (see `Record::DropReport`) has nothing to give.
+        let mut reports = self.sealed.iter().filter(|s| !s.is_event() && !s.fixes().is_empty());
         let mut pending_fixes = self.pending.iter().filter(|p| !p.is_event());
         let mut pending_dropped = 0u32;
         while over(fixes, bytes) {
@@ -729,10 +730,18 @@ impl Outbox {
                 self.last_seq = self.last_seq.max(seq);
             }
             Record::DropReport { seq } => {
-                // Written for the oldest sealed report; sealed events before it stay.
+                // Written for the oldest sealed report; sealed events before it stay. Its fixes
+                // go, its seq stays as an empty report: the server may never have had it, and
+                // its watermark (what acks say) cannot pass a seq it never got. The empty
+                // report is sent like any other; the server consumes its seq (a `no_fixes`
+                // dead letter) and acks, and the device moves on.
                 let at = self.sealed.iter().position(|s| s.seq == seq && !s.is_event());
-                if let Some(report) = at.and_then(|i| self.sealed.remove(i)) {
-                    self.forget(&report);
+                if let Some(report) = at.and_then(|i| self.sealed.get_mut(i)) {
+                    let dropped = std::mem::replace(
+                        report,
+                        Sealed { seq, contents: SealedContents::Report(Vec::new()), bytes: 0 },
+                    );
+                    self.forget(&dropped);
                 }
             }
             Record::DropPending { count } => {
@@ -1025,8 +1034,8 @@ mod tests {
         let mut outbox = Outbox::open(dir.path(), cfg).unwrap();
         assert_eq!(outbox.fixes(), 4);
         outbox.seal(ReportSize::fixes(10), AGE, 10, true, now).unwrap();
-        // Numbering goes on after the dropped report: the server accepts the gap.
-        assert_eq!(seqs(&outbox), vec![(2, vec![3, 4, 5, 6])]);
+        // The dropped report stays as an empty one, so the server's watermark can pass its seq.
+        assert_eq!(seqs(&outbox), vec![(1, vec![]), (2, vec![3, 4, 5, 6])]);
     }
 
     #[test]
@@ -1347,12 +1356,14 @@ mod tests {
         }
         let mut outbox = Outbox::open(dir.path(), cfg).unwrap();
         assert_eq!((outbox.fixes(), outbox.events()), (4, 3));
-        assert_eq!(items(&outbox), vec![item(1, "event first")]);
+        // Report 2 lost its fixes, not its seq (see `Record::DropReport`).
+        assert_eq!(items(&outbox), vec![item(1, "event first"), item(2, "fixes []")]);
         outbox.seal(ReportSize::fixes(10), AGE, 10, true, now).unwrap();
         assert_eq!(
             items(&outbox),
             vec![
                 item(1, "event first"),
+                item(2, "fixes []"),
                 item(3, "event second"),
                 item(4, "fixes [4, 5, 6, 7]"),
                 item(5, "event third"),
