@@ -242,7 +242,7 @@ impl Fixture {
     }
 
     fn open(&mut self) {
-        let store = Store::open(self.dir.path()).unwrap();
+        let store = Store::reopen_in_test(self.dir.path(), Default::default());
         let deliveries = Arc::new(Deliveries::open(store.notifications_tree()).unwrap());
         self.store = Some((store, deliveries));
     }

@@ -389,6 +389,24 @@ impl Store {
         })
     }
 
+    /// Opens a store just dropped in this process (tests of restarts). sled's background IO
+    /// threads can still hold the database's file lock for a moment after the last handle is
+    /// dropped (seen on a loaded machine), so this waits for it instead of failing at random.
+    #[cfg(test)]
+    pub(crate) fn reopen_in_test(dir: &Path, options: StoreOptions) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open_with(dir, options) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopen: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
     /// The tree the plugin registry keeps deployed plugins in (its records are the registry's
     /// own; the store only owns the tree, like every durable tree).
     pub fn plugins_tree(&self) -> Result<sled::Tree, StoreError> {

@@ -19,21 +19,8 @@ fn times(fixes: &[StoredFix]) -> Vec<u64> {
     fixes.iter().map(|f| f.fix.ts_ms).collect()
 }
 
-/// Opens a store just dropped in this process. sled's background IO threads can still hold
-/// the database's file lock for a moment after the last handle is dropped (seen on a loaded
-/// machine), so the reopen waits for it instead of failing at random.
 fn reopen(dir: &std::path::Path, options: StoreOptions) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match Store::open_with(dir, options) {
-            Ok(store) => return store,
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("reopen: {e}; retrying");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("reopening the store: {e}"),
-        }
-    }
+    Store::reopen_in_test(dir, options)
 }
 
 #[test]
