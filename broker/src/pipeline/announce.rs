@@ -12,7 +12,7 @@
 //! them again when locusd starts.
 
 use super::order_desk::OrderChange;
-use crate::orders::EventKind;
+use crate::orders::{EventKind, Order, OrderEvent};
 use crate::store::Store;
 use bytes::Bytes;
 use locus_sdk::{topics, wire};
@@ -57,8 +57,7 @@ impl Announcer {
     /// An order's new status; when the event ended it, its location is emptied.
     pub(super) fn order_changed(&mut self, change: &OrderChange) -> Result<(), LinkLost> {
         let order = &change.order;
-        let notice = crate::orders::notice_json(order, &change.event);
-        self.publish(topics::order_status(&order.id), notice.to_string().into_bytes(), true)?;
+        self.publish_status(order, &change.event)?;
         let ends = matches!(change.event.kind, EventKind::Delivered | EventKind::Cancelled);
         if ends {
             self.location_due.remove(&order.id);
@@ -78,6 +77,11 @@ impl Announcer {
             }
             _ => self.publish_location(order, now),
         }
+    }
+
+    fn publish_status(&mut self, order: &Order, event: &OrderEvent) -> Result<(), LinkLost> {
+        let notice = crate::orders::notice_json(order, event);
+        self.publish(topics::order_status(&order.id), notice.to_string().into_bytes(), true)
     }
 
     /// When the next held-back location may go.
@@ -118,9 +122,10 @@ impl Announcer {
         for (courier, seq) in self.store.acks() {
             self.ack(&courier, seq)?;
         }
+        // A fresh broker holds no retained location, so an ended order has none to empty.
         for order in self.store.orders(|_| true, usize::MAX) {
-            let Some(event) = order.timeline.last().cloned() else { continue };
-            self.order_changed(&OrderChange { order: order.clone(), event })?;
+            let Some(event) = order.timeline.last() else { continue };
+            self.publish_status(&order, event)?;
             if !order.status.is_ended() {
                 self.publish_location(&order.id, Instant::now())?;
             }

@@ -474,18 +474,9 @@ impl Intake {
         };
         let report = match validate::decode_report(payload, &self.config) {
             Ok(report) => report,
-            Err((problem, None)) => {
+            Err((problem, seq)) => {
                 let letter = dead_letter(&problem, Some(&courier), payload);
-                self.refuse(letter, &mut building.out);
-                return Ok(());
-            }
-            // Well-formed but unacceptable as a whole: dead-letter it and consume its seq, so
-            // the device stops resending something that can never be taken.
-            Err((problem, Some(seq))) => {
-                if self.take_seq(building, &courier, seq) {
-                    let letter = dead_letter(&problem, Some(&courier), payload);
-                    self.refuse(letter, &mut building.out);
-                }
+                self.refuse_whole(building, &courier, seq, letter);
                 return Ok(());
             }
         };
@@ -554,12 +545,8 @@ impl Intake {
         let event = match validate::decode_event(payload, &self.config) {
             Ok(event) => event,
             Err((problem, seq)) => {
-                // Consumed when it decoded, so the device stops resending it.
-                let consumed = seq.is_some_and(|seq| self.take_seq(building, &courier, seq));
-                if consumed || seq.is_none() {
-                    let letter = letter(problem.reason(), Some(&courier), problem.to_string());
-                    self.refuse(letter, &mut building.out);
-                }
+                let letter = letter(problem.reason(), Some(&courier), problem.to_string());
+                self.refuse_whole(building, &courier, seq, letter);
                 return;
             }
         };
@@ -583,6 +570,21 @@ impl Intake {
         {
             let letter =
                 letter(DeadLetterReason::OrderEventRefused, Some(&courier), refusal.to_string());
+            self.refuse(letter, &mut building.out);
+        }
+    }
+
+    /// Dead-letters a report or event refused as a whole. One with a seq (well-formed but
+    /// unacceptable) has its seq consumed, so the device stops resending something that can
+    /// never be taken; a resend of a seq already consumed is acked again, not lettered again.
+    fn refuse_whole(
+        &mut self,
+        building: &mut Building,
+        courier: &str,
+        seq: Option<u64>,
+        letter: DeadLetter,
+    ) {
+        if seq.is_none_or(|seq| self.take_seq(building, courier, seq)) {
             self.refuse(letter, &mut building.out);
         }
     }

@@ -120,6 +120,21 @@ impl FixProblem {
     }
 }
 
+/// Refuses a payload over `max_report_bytes`, with its seq (`seq_of`) when it decodes: the seq
+/// is still consumed and acked (the broker's packet limit bounds the work of decoding it), so a
+/// device resending a message it cannot shrink is not stuck.
+fn refuse_oversized(
+    payload: &[u8],
+    config: &PipelineConfig,
+    seq_of: impl FnOnce(&[u8]) -> Option<u64>,
+) -> Result<(), (ReportProblem, Option<u64>)> {
+    if payload.len() <= config.max_report_bytes {
+        return Ok(());
+    }
+    let problem = ReportProblem::Oversized { size: payload.len(), limit: config.max_report_bytes };
+    Err((problem, seq_of(payload).filter(|&seq| seq > 0)))
+}
+
 /// Decodes and checks a courier's order event (`couriers/{id}/events`). On failure, also
 /// returns the event's seq when it decoded, so the caller consumes it: an event that can never
 /// be taken must not be resent forever.
@@ -127,12 +142,7 @@ pub fn decode_event(
     payload: &[u8],
     config: &PipelineConfig,
 ) -> Result<CourierEvent, (ReportProblem, Option<u64>)> {
-    if payload.len() > config.max_report_bytes {
-        let problem =
-            ReportProblem::Oversized { size: payload.len(), limit: config.max_report_bytes };
-        let seq = wire::decode_event(payload).ok().map(|e| e.seq).filter(|&seq| seq > 0);
-        return Err((problem, seq));
-    }
+    refuse_oversized(payload, config, |p| wire::decode_event(p).ok().map(|e| e.seq))?;
     let event = wire::decode_event(payload).map_err(|e| (ReportProblem::Wire(e), None))?;
     match event.problem() {
         None => Ok(event),
@@ -147,14 +157,7 @@ pub fn decode_report(
     payload: &[u8],
     config: &PipelineConfig,
 ) -> Result<Report, (ReportProblem, Option<u64>)> {
-    if payload.len() > config.max_report_bytes {
-        let problem =
-            ReportProblem::Oversized { size: payload.len(), limit: config.max_report_bytes };
-        // Still decode it for its seq (the broker's packet limit bounds the work), so the seq
-        // is consumed and acked: a device resending a report it cannot shrink must not be stuck.
-        let seq = wire::decode_report(payload).ok().map(|r| r.seq).filter(|&seq| seq > 0);
-        return Err((problem, seq));
-    }
+    refuse_oversized(payload, config, |p| wire::decode_report(p).ok().map(|r| r.seq))?;
     let report = wire::decode_report(payload).map_err(|e| (ReportProblem::Wire(e), None))?;
     if report.seq == 0 {
         return Err((ReportProblem::ZeroSeq, None));

@@ -49,10 +49,20 @@ pub(super) struct Live {
     pub(super) touched: HashSet<String>,
 }
 
+/// An order's last location in the live view's maps: changed since the last checkpoint, or
+/// being written by the one in progress.
+fn order_in_memory<'a>(
+    orders: &'a HashMap<String, (String, StoredFix)>,
+    checkpointing: &'a HashMap<String, (String, StoredFix)>,
+    order: &str,
+) -> Option<&'a (String, StoredFix)> {
+    orders.get(order).or_else(|| checkpointing.get(order))
+}
+
 impl Live {
     /// The last location of an order as far as memory knows (`None`: ask sled).
     pub(super) fn order(&self, order: &str) -> Option<&(String, StoredFix)> {
-        self.orders.get(order).or_else(|| self.orders_checkpointing.get(order))
+        order_in_memory(&self.orders, &self.orders_checkpointing, order)
     }
 
     /// Adds `order` to what its courier's fixes locate, if they do now.
@@ -111,7 +121,8 @@ impl Live {
             }
             live.dirty = true;
             for order in self.following.get(courier).into_iter().flatten() {
-                let known = self.orders.get(order).or_else(|| self.orders_checkpointing.get(order));
+                // The maps, not `self.order`: `self.following` is borrowed.
+                let known = order_in_memory(&self.orders, &self.orders_checkpointing, order);
                 let newer = match known {
                     Some((_, current)) => ts >= current.fix.ts_ms,
                     None => stored_order(order).is_none_or(|(_, f)| ts >= f.fix.ts_ms),
