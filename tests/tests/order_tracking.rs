@@ -109,6 +109,15 @@ fn a_customer_follows_an_order_that_its_courier_moves_along_over_mqtt() {
     let placed = json!({"event": "placed", "details": {"items": ["cake"], "address": "Carrer 1"}});
     post(&server, "o1", placed.clone());
     post(&server, "o2", placed);
+    // Bad requests for a token name what is wrong.
+    let (status, body) = server.post("/v1/orders/o1/tokens", &merchant, &json!({"ttl": 5}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unknown field `ttl`"), "{body}");
+    let (status, body) =
+        server.post("/v1/orders/o1/tokens", &merchant, &json!({"expires_in_s": 0}));
+    assert_eq!((status, &body["error"]), (400, &json!("expires_in_s must be above 0")));
+    let (status, body) = server.post("/v1/orders/nope/tokens", &merchant, &json!({}));
+    assert_eq!((status, &body["error"]), (404, &json!("no order nope")));
     let (status, issued) = server.post("/v1/orders/o1/tokens", &merchant, &json!({}));
     assert_eq!(status, 200, "{issued}");
     assert_eq!(issued["mqtt"]["client_id"], "order@o1");
