@@ -129,6 +129,7 @@ fn in_documented_ranges(message: &Message) -> bool {
     match message {
         Message::Report(report) => report.fixes.iter().all(|f| f.out_of_range().is_none()),
         Message::Ack(_) => true,
+        Message::EdgeBatch(batch) => batch.fixes.iter().all(|f| f.out_of_range().is_none()),
         Message::Event(event) => {
             wire::CourierEvent { seq: event.seq.max(1), ..event.clone() }.problem().is_none()
         }
@@ -178,6 +179,9 @@ fn wire_decode() {
             Message::Report(report) => assert_eq!(as_report.as_ref(), Ok(report)),
             Message::Ack(ack) => assert_eq!(as_ack, Ok(*ack)),
             Message::Event(event) => assert_eq!(as_event.as_ref(), Ok(event)),
+            Message::EdgeBatch(batch) => {
+                assert_eq!(wire::decode_edge_batch(input).as_ref(), Ok(batch))
+            }
         }
         let bytes = wire::encode(&message);
         assert_eq!(wire::decode(&bytes).as_ref(), Ok(&message), "re-encoded differs");
@@ -206,7 +210,7 @@ fn wire_decode() {
                 });
                 (r.fixes.len().min(3), fields)
             }
-            Message::Ack(_) | Message::Event(_) => (0, 0),
+            Message::Ack(_) | Message::Event(_) | Message::EdgeBatch(_) => (0, 0),
         };
         format!("{}:{fixes}:{fields}:{valid}", message.kind())
     })

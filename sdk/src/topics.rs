@@ -7,6 +7,7 @@
 //! | `couriers/{courier}/events`    | device → server  | [`crate::wire::CourierEvent`] (picked up, delivered) |
 //! | `orders/{order}/status`        | server → customers | the order's status, JSON (retained) |
 //! | `orders/{order}/location`      | server → customers | the active order's position, JSON (retained) |
+//! | `edge/{edge}/batches`          | edge → server      | [`crate::wire::EdgeBatch`] (fixes posted over HTTP) |
 
 use alloc::format;
 use alloc::string::String;
@@ -16,6 +17,9 @@ pub const ALL_LOCATIONS: &str = "couriers/+/locations";
 
 /// Filter the server subscribes to for order events from every courier.
 pub const ALL_EVENTS: &str = "couriers/+/events";
+
+/// Filter the server subscribes to for batches from every edge component.
+pub const ALL_EDGE_BATCHES: &str = "edge/+/batches";
 
 /// Longest courier or order id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -43,6 +47,17 @@ pub fn order_status(order: &str) -> String {
 /// Topic customers subscribe to for an active order's position.
 pub fn order_location(order: &str) -> String {
     format!("orders/{order}/location")
+}
+
+/// Topic an edge component publishes the fixes posted to it on.
+pub fn edge_batches(edge: &str) -> String {
+    format!("edge/{edge}/batches")
+}
+
+/// The edge id in an `edge/{edge}/batches` topic, if the topic is one and the id is valid.
+pub fn edge_of_batches(topic: &str) -> Option<&str> {
+    let edge = topic.strip_prefix("edge/")?.strip_suffix("/batches")?;
+    is_valid_id(edge).then_some(edge)
 }
 
 /// The courier id in a `couriers/{courier}/events` topic, if the topic is one and the id is
@@ -84,6 +99,9 @@ mod tests {
         assert_eq!(courier_of_locations(&events("c-1")), None);
         assert_eq!(courier_of_events("couriers//events"), None);
         assert_eq!(courier_of_events("couriers/a/b/events"), None);
+        assert_eq!(edge_of_batches(&edge_batches("web-1")), Some("web-1"));
+        assert_eq!(edge_of_batches("edge/a/b/batches"), None);
+        assert_eq!(edge_of_batches("edge//batches"), None);
     }
 
     #[test]

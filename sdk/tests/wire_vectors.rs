@@ -33,6 +33,7 @@ fn hex_decodes_to_json() {
             Message::Report(report) => report.fixes.iter().any(|f| f.out_of_range().is_some()),
             Message::Ack(_) => false,
             Message::Event(event) => event.problem().is_some(),
+            Message::EdgeBatch(batch) => batch.fixes.iter().any(|f| f.out_of_range().is_some()),
         };
         assert_eq!(out_of_range, v.refused.is_some(), "{}", v.name);
     }

@@ -9,6 +9,8 @@
 //! {"seq":1}                                                            // an ack
 //! {"seq":2,"order":"o-1","event":"delivered","event_id":"e-1","at":1763700000000,
 //!  "details":{"signed_by":"Ana"}}                                      // an order event
+//! {"key":"k-1","part":1,"parts":1,"digest":"00112233445566778899aabbccddeeff",
+//!  "courier":"c-1","fixes":[{"ts":1763700000000,"lat":41.3851,"lon":2.1734}]} // an edge batch
 //! ```
 //!
 //! An event's `details` are JSON text on the wire and a JSON value here: JSON → wire writes the
@@ -19,8 +21,8 @@
 
 use super::{
     battery_pct_checked, details_problem, heading_deg_to_cdeg, latitude_to_e7, longitude_to_e7,
-    metres_to_cm, Ack, CourierEvent, CourierEventKind, EventProblem, Fix, FixDetails, Message,
-    Report, MAX_EVENT_DETAILS_BYTES,
+    metres_to_cm, Ack, CourierEvent, CourierEventKind, EdgeBatch, EventProblem, Fix, FixDetails,
+    Message, Report, MAX_EVENT_DETAILS_BYTES,
 };
 use crate::topics::is_valid_id;
 use alloc::string::{String, ToString};
@@ -38,6 +40,29 @@ pub enum MessageJson {
     Ack(AckJson),
     /// See [`EventJson`].
     Event(EventJson),
+    /// See [`EdgeBatchJson`].
+    EdgeBatch(EdgeBatchJson),
+}
+
+/// An edge batch as JSON: the digest as 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeBatchJson {
+    /// The request's idempotency key.
+    pub key: String,
+    /// Which part, 1 ..= `parts`.
+    pub part: u16,
+    /// How many parts.
+    pub parts: u16,
+    /// The request's digest, hex.
+    pub digest: String,
+    /// The courier.
+    pub courier: String,
+    /// The HTTP client's token, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The fixes.
+    pub fixes: Vec<FixJson>,
 }
 
 /// A report as JSON.
@@ -322,6 +347,68 @@ impl From<&CourierEvent> for EventJson {
     }
 }
 
+impl TryFrom<&EdgeBatchJson> for EdgeBatch {
+    type Error = JsonValueError;
+
+    /// Refuses a digest that is not 32 hex digits and fixes outside their ranges; the rest of
+    /// [`EdgeBatch::problem`] is the server's to refuse, as a report's seq is.
+    fn try_from(json: &EdgeBatchJson) -> Result<Self, Self::Error> {
+        let digest = digest_from_hex(&json.digest).ok_or(JsonValueError {
+            field: "digest".to_string(),
+            problem: "must be 32 hex digits",
+            code: "bad_edge_batch",
+        })?;
+        let fixes = json
+            .fixes
+            .iter()
+            .enumerate()
+            .map(|(i, fix)| fix.to_wire(i))
+            .collect::<Result<_, _>>()?;
+        Ok(EdgeBatch {
+            key: json.key.clone(),
+            part: json.part,
+            parts: json.parts,
+            digest,
+            courier: json.courier.clone(),
+            token: json.token.clone(),
+            fixes,
+        })
+    }
+}
+
+impl From<&EdgeBatch> for EdgeBatchJson {
+    fn from(batch: &EdgeBatch) -> Self {
+        use core::fmt::Write as _;
+        let mut digest = String::with_capacity(32);
+        for byte in batch.digest {
+            let _ = write!(digest, "{byte:02x}");
+        }
+        EdgeBatchJson {
+            key: batch.key.clone(),
+            part: batch.part,
+            parts: batch.parts,
+            digest,
+            courier: batch.courier.clone(),
+            token: batch.token.clone(),
+            fixes: batch.fixes.iter().map(FixJson::from).collect(),
+        }
+    }
+}
+
+/// 32 hex digits as 16 bytes.
+fn digest_from_hex(hex: &str) -> Option<[u8; 16]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut digest = [0u8; 16];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        digest[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(digest)
+}
+
 impl TryFrom<&MessageJson> for Message {
     type Error = JsonValueError;
 
@@ -330,6 +417,7 @@ impl TryFrom<&MessageJson> for Message {
             MessageJson::Report(report) => Message::Report(report.try_into()?),
             MessageJson::Ack(ack) => Message::Ack(Ack { seq: ack.seq }),
             MessageJson::Event(event) => Message::Event(event.try_into()?),
+            MessageJson::EdgeBatch(batch) => Message::EdgeBatch(batch.try_into()?),
         })
     }
 }
@@ -340,6 +428,7 @@ impl From<&Message> for MessageJson {
             Message::Report(report) => MessageJson::Report(report.into()),
             Message::Ack(ack) => MessageJson::Ack(AckJson { seq: ack.seq }),
             Message::Event(event) => MessageJson::Event(event.into()),
+            Message::EdgeBatch(batch) => MessageJson::EdgeBatch(batch.into()),
         }
     }
 }
@@ -375,8 +464,12 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} parsed as {:?}", parse(bad));
         }
+        let edge = r#"{"key":"k","part":1,"parts":1,"digest":"00112233445566778899aabbccddeeff","courier":"c","fixes":[{"ts":1,"lat":1.0,"lon":2.0}]}"#;
+        assert!(matches!(parse(edge), Ok(MessageJson::EdgeBatch(_))));
+        let bad_digest = edge.replace("eeff", "eefg");
+        assert_eq!(Message::try_from(&parse(&bad_digest).unwrap()).unwrap_err().field, "digest");
         // And what each kind writes parses back as that kind.
-        for text in [EVENT, r#"{"seq":7}"#, report] {
+        for text in [EVENT, r#"{"seq":7}"#, report, edge] {
             let message = Message::try_from(&parse(text).unwrap()).unwrap();
             let again = serde_json::to_string(&MessageJson::from(&message)).unwrap();
             assert_eq!(Message::try_from(&parse(&again).unwrap()), Ok(message), "{text}");

@@ -38,6 +38,25 @@ pub const MAX_EVENT_BYTES: usize = 1 + 1 // version byte, message tag
     + 10 // at_ms: u64
     + (1 + 2 + super::MAX_EVENT_DETAILS_BYTES); // details: Some, length varint (≤ 16383), text
 
+/// Largest encoding of an [`super::EdgeBatch`] apart from its fixes: version byte, message tag,
+/// key (length varint + [`super::MAX_EDGE_KEY_LEN`] bytes), part and parts (`u16`), the 16-byte
+/// digest, courier, client token (`Some`, length varint, [`super::MAX_CLIENT_TOKEN_BYTES`]), and
+/// the fix count.
+pub const MAX_EDGE_BATCH_OVERHEAD_BYTES: usize = 1
+    + 1
+    + (2 + super::MAX_EDGE_KEY_LEN)
+    + 3
+    + 3
+    + 16
+    + (1 + MAX_ID_LEN)
+    + (1 + 2 + super::MAX_CLIENT_TOKEN_BYTES)
+    + 5;
+
+/// The most bytes an edge batch of `fixes` fixes can take.
+pub const fn max_edge_batch_bytes(fixes: usize) -> usize {
+    MAX_EDGE_BATCH_OVERHEAD_BYTES + fixes * MAX_FIX_BYTES
+}
+
 /// Bytes an MQTT PUBLISH of a report adds around the payload, at most, on the longest
 /// locations topic: topic length (2) and topic, packet id (2), and room for MQTT 5 properties a
 /// well-behaved client might set (128). The broker's packet limit counts all of these.
@@ -59,6 +78,10 @@ pub const DEFAULT_MAX_FIXES_PER_REPORT: usize = 600;
 const _: () = assert!(max_report_bytes(DEFAULT_MAX_FIXES_PER_REPORT) <= DEFAULT_MAX_REPORT_BYTES);
 const _: () =
     assert!(DEFAULT_MAX_REPORT_BYTES + MAX_PUBLISH_OVERHEAD_BYTES <= DEFAULT_MAX_PACKET_BYTES);
+// An edge splits requests into parts of the server's default fixes per report, and a part
+// fits the default payload limit (`edge/{edge}/batches` is shorter than a locations topic).
+const _: () =
+    assert!(max_edge_batch_bytes(DEFAULT_MAX_FIXES_PER_REPORT) <= DEFAULT_MAX_REPORT_BYTES);
 // The events topic is shorter than the locations topic, so the same overhead covers it.
 const _: () = assert!(MAX_EVENT_BYTES <= DEFAULT_MAX_REPORT_BYTES);
 
@@ -93,6 +116,22 @@ mod tests {
         assert_eq!(two.len() - one.len(), MAX_FIX_BYTES);
         // The fix count's varint is 1 byte here and at most 5 in the bound.
         assert_eq!(one.len() + 4, max_report_bytes(1));
+    }
+
+    #[test]
+    fn the_edge_batch_bound_is_reached_exactly_by_the_largest_values() {
+        use crate::wire::{encode_edge_batch, EdgeBatch, MAX_CLIENT_TOKEN_BYTES, MAX_EDGE_KEY_LEN};
+        let largest = EdgeBatch {
+            key: "k".repeat(MAX_EDGE_KEY_LEN),
+            part: u16::MAX,
+            parts: u16::MAX,
+            digest: [0xff; 16],
+            courier: "c".repeat(MAX_ID_LEN),
+            token: Some("t".repeat(MAX_CLIENT_TOKEN_BYTES)),
+            fixes: vec![largest_fix(); 2],
+        };
+        // The fix count's varint is 1 byte here and at most 5 in the bound.
+        assert_eq!(encode_edge_batch(&largest).len() + 4, max_edge_batch_bytes(2));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The Locus wire format: versioned, compact postcard.
 //!
 //! Every message on the wire is one version byte ([`VERSION`]) followed by the postcard encoding
-//! of a [`Message`] (whose first byte is the variant: `0` = report, `1` = ack, `2` = order event).
+//! of a [`Message`] (whose first byte is the variant: `0` = report, `1` = ack, `2` = order event, `3` = edge
+//! batch).
 //! Integers wider than a byte are varints (`battery_pct`, a `u8`, is one raw byte), coordinates
 //! are fixed-point (1e-7 degree, about 1 cm), optional fields cost one byte when absent, so a
 //! one-fix report without details is at most 24 bytes.
 //!
-//! Enters: bytes from MQTT ([`decode`], [`decode_report`], [`decode_ack`], [`decode_event`]) or
+//! Enters: bytes from MQTT ([`decode`], [`decode_report`], [`decode_ack`], [`decode_event`],
+//! [`decode_edge_batch`]) or
 //! values to send ([`encode`] and the per-kind helpers). Leaves: the other of the two.
 //!
 //! The valid range of every field is a constant here ([`LAT_E7_RANGE`], [`MAX_HEADING_CDEG`],
@@ -59,6 +61,76 @@ pub enum Message {
     Ack(Ack),
     /// Device → server on `couriers/{courier}/events`.
     Event(CourierEvent),
+    /// Edge component → server on `edge/{edge}/batches`.
+    EdgeBatch(EdgeBatch),
+}
+
+/// Longest idempotency key of an [`EdgeBatch`], in bytes.
+pub const MAX_EDGE_KEY_LEN: usize = 128;
+
+/// Longest client token an [`EdgeBatch`] carries, in bytes (Locus tokens are about 150).
+pub const MAX_CLIENT_TOKEN_BYTES: usize = 512;
+
+/// Edge → server on `edge/{edge}/batches`: one part of the fixes an HTTP client posted to the
+/// edge component (`edge/`) for one courier. A request too large for one MQTT publish is split
+/// into `parts` messages that share its `key` and `digest`.
+///
+/// Edge messages carry no courier seq (that sequence belongs to the courier's own app): the
+/// server deduplicates them by `(edge, key, part)` and records a receipt per key in the same
+/// commit as the fixes, so a client that retries a key until its receipt says committed gets
+/// each fix stored once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeBatch {
+    /// The request's idempotency key (valid: [`is_valid_edge_key`]), chosen by the HTTP client
+    /// or the edge; unique per edge.
+    pub key: String,
+    /// Which part this is, 1 ..= `parts`.
+    pub part: u16,
+    /// How many parts the request was split into (≥ 1).
+    pub parts: u16,
+    /// A digest of the whole request's fixes (the edge's choice; Locus's edge uses the first 16
+    /// bytes of SHA-256 over their wire encoding): the same key with other data is refused
+    /// rather than taken for a resend.
+    pub digest: [u8; 16],
+    /// The courier the fixes are for (valid: [`crate::topics::is_valid_id`]).
+    pub courier: String,
+    /// The HTTP client's bearer token, checked by the server (at most
+    /// [`MAX_CLIENT_TOKEN_BYTES`]): the edge cannot check tokens itself.
+    pub token: Option<String>,
+    /// The fixes of this part, in the order the client sent them (at least one).
+    pub fixes: Vec<Fix>,
+}
+
+/// Whether `key` can be an [`EdgeBatch::key`]: 1 to [`MAX_EDGE_KEY_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_`, `.` and `:` (a UUID or 32 hex digits fit).
+pub fn is_valid_edge_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_EDGE_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+impl EdgeBatch {
+    /// What makes the server refuse this message as a whole (dead-letter reason
+    /// `bad_edge_batch`), or `None` when it is well formed. Each fix is checked on its own, as
+    /// in a report.
+    pub fn problem(&self) -> Option<&'static str> {
+        if !is_valid_edge_key(&self.key) {
+            return Some("key must be 1-128 characters of letters, digits, - _ . :");
+        }
+        if self.parts == 0 || self.part == 0 || self.part > self.parts {
+            return Some("part must be 1 ..= parts");
+        }
+        if !crate::topics::is_valid_id(&self.courier) {
+            return Some("courier must be 1-64 characters of letters, digits, - _ . :");
+        }
+        if self.token.as_ref().is_some_and(|t| t.len() > MAX_CLIENT_TOKEN_BYTES) {
+            return Some("token is longer than 512 bytes");
+        }
+        if self.fixes.is_empty() {
+            return Some("a part has at least one fix");
+        }
+        None
+    }
 }
 
 /// A batch of fixes from one courier. The courier is not in the payload: it is the topic's (and
@@ -311,6 +383,7 @@ impl Message {
             Message::Report(_) => "report",
             Message::Ack(_) => "ack",
             Message::Event(_) => "event",
+            Message::EdgeBatch(_) => "edge_batch",
         }
     }
 }
@@ -375,6 +448,19 @@ pub fn encode_event(event: &CourierEvent) -> Vec<u8> {
 pub fn decode_event(bytes: &[u8]) -> Result<CourierEvent, WireError> {
     match decode(bytes)? {
         Message::Event(event) => Ok(event),
+        other => Err(WireError::UnexpectedKind(other.kind())),
+    }
+}
+
+/// Encodes an edge batch (see [`encode`]).
+pub fn encode_edge_batch(batch: &EdgeBatch) -> Vec<u8> {
+    encode(&Message::EdgeBatch(batch.clone()))
+}
+
+/// Decodes bytes that must be an edge batch.
+pub fn decode_edge_batch(bytes: &[u8]) -> Result<EdgeBatch, WireError> {
+    match decode(bytes)? {
+        Message::EdgeBatch(batch) => Ok(batch),
         other => Err(WireError::UnexpectedKind(other.kind())),
     }
 }
@@ -595,6 +681,45 @@ mod tests {
             decode_event(&encode_ack(Ack { seq: 1 })),
             Err(WireError::UnexpectedKind("ack"))
         );
+    }
+
+    fn edge_batch() -> EdgeBatch {
+        EdgeBatch {
+            key: "k-1".into(),
+            part: 1,
+            parts: 2,
+            digest: [7; 16],
+            courier: "c-1".into(),
+            token: Some("locus2.x".into()),
+            fixes: one_fix_report(1).fixes,
+        }
+    }
+
+    #[test]
+    fn edge_batches_round_trip_as_message_three_and_are_no_other_kind() {
+        let bytes = encode_edge_batch(&edge_batch());
+        assert_eq!(&bytes[..3], &[VERSION, 3, 3], "version, Message::EdgeBatch, key length");
+        assert_eq!(decode_edge_batch(&bytes), Ok(edge_batch()));
+        assert_eq!(decode_report(&bytes), Err(WireError::UnexpectedKind("edge_batch")));
+        assert_eq!(
+            decode_edge_batch(&encode_report(&one_fix_report(1))),
+            Err(WireError::UnexpectedKind("report"))
+        );
+    }
+
+    #[test]
+    fn edge_batch_problems_name_the_field() {
+        assert_eq!(edge_batch().problem(), None);
+        let problem = |b: EdgeBatch| b.problem().unwrap_or("none");
+        assert!(problem(EdgeBatch { key: "a b".into(), ..edge_batch() }).starts_with("key"));
+        assert!(problem(EdgeBatch { key: "k".repeat(129), ..edge_batch() }).starts_with("key"));
+        assert_eq!(problem(EdgeBatch { key: "k".repeat(128), ..edge_batch() }), "none");
+        assert!(problem(EdgeBatch { part: 0, ..edge_batch() }).starts_with("part"));
+        assert!(problem(EdgeBatch { part: 3, ..edge_batch() }).starts_with("part"));
+        assert!(problem(EdgeBatch { courier: "a/b".into(), ..edge_batch() }).starts_with("courier"));
+        let token = Some("t".repeat(MAX_CLIENT_TOKEN_BYTES + 1));
+        assert!(problem(EdgeBatch { token, ..edge_batch() }).starts_with("token"));
+        assert!(problem(EdgeBatch { fixes: vec![], ..edge_batch() }).contains("fix"));
     }
 
     #[test]
