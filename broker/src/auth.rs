@@ -6,9 +6,10 @@
 //! # Formats
 //!
 //! `locus2.{role}.{subject}.{expires}.{id}.{mac}` (issued today):
-//! - `role`: `courier`, `admin`, `reader`, `merchant` or `order` ([`Role`]);
-//! - `subject`: base64url (no padding) of the subject: the courier id, merchant name or order id,
-//!   or the role's own name for `admin` and `reader`. Encoded because ids may contain `.`;
+//! - `role`: `courier`, `admin`, `reader`, `merchant`, `order` or `edge` ([`Role`]);
+//! - `subject`: base64url (no padding) of the subject: the courier id, merchant name, order id
+//!   or edge id, or the role's own name for `admin` and `reader`. Encoded because ids may
+//!   contain `.`;
 //! - `expires`: Unix seconds after which the token is refused, `0` for never;
 //! - `id`: 16 random hex digits, the handle for revocation;
 //! - `mac`: base64url of the first 16 bytes of an HMAC-SHA256 over every field before it (each
@@ -64,12 +65,15 @@ pub enum Role {
     Merchant,
     /// One order (the subject is the order id): that order's status and location only.
     Order,
+    /// An edge component (the subject is its id): MQTT publish on `edge/{id}/batches`, and its
+    /// receipts over HTTP.
+    Edge,
 }
 
 impl Role {
     /// Every role, in the order the docs list them.
-    pub const ALL: [Role; 5] =
-        [Role::Courier, Role::Admin, Role::Reader, Role::Merchant, Role::Order];
+    pub const ALL: [Role; 6] =
+        [Role::Courier, Role::Admin, Role::Reader, Role::Merchant, Role::Order, Role::Edge];
 
     /// The role's name in tokens, the CLI and error messages.
     pub fn as_str(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Merchant => "merchant",
             Role::Order => "order",
+            Role::Edge => "edge",
         }
     }
 
@@ -88,7 +93,7 @@ impl Role {
         match self {
             Role::Admin => Some(ADMIN_SUBJECT),
             Role::Reader => Some("reader"),
-            Role::Courier | Role::Merchant | Role::Order => None,
+            Role::Courier | Role::Merchant | Role::Order | Role::Edge => None,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub plugins: crate::plugins::PluginHostConfig,
     /// Notifications of order events by webhook and email; no rules = nobody is notified.
     pub notify: crate::notify::NotifyConfig,
+    /// Edge components allowed to post fixes (`[edges.{edge}]`); none = no edge may connect.
+    pub edges: crate::edges::EdgesConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             influx: None,
             plugins: crate::plugins::PluginHostConfig::default(),
             notify: crate::notify::NotifyConfig::default(),
+            edges: crate::edges::EdgesConfig::default(),
         }
     }
 }
@@ -144,6 +147,7 @@ impl Config {
         }
         self.check_listeners()?;
         self.notify.check().map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
+        crate::edges::check(&self.edges).map_err(ConfigError::Inconsistent)?;
         Ok(())
     }
 

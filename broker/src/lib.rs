@@ -5,6 +5,8 @@
 //!   pipeline reads reports from and publishes acks to.
 //! - [`pipeline`]: decode → validate → dedup (per-courier seq) → plugin chain → commit batch →
 //!   flush → ack. Bad input becomes dead letters, never a panic.
+//! - [`edges`]: edge components (`edge/`): which couriers each may post fixes for, and the
+//!   check of its HTTP clients' tokens; their batches enter the pipeline beside reports.
 //! - [`plugins`]: the WebAssembly plugin host.
 //! - [`store`]: sled trees — last locations, tracks, committed seqs, dead letters, outboxes.
 //! - [`influx`]: ships committed fixes from the outbox to InfluxDB.
@@ -28,6 +30,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod edges;
 pub mod influx;
 pub mod listener;
 pub mod metrics;

@@ -47,6 +47,14 @@ pub struct ChannelLabel {
     pub channel: &'static str,
 }
 
+/// The `outcome` label of edge parts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `taken`, `duplicate`, `rejected` (the edge's scope or the client's token) or `refused`
+    /// (malformed, or its key taken for other data).
+    pub outcome: &'static str,
+}
+
 /// Counters, gauges and histograms of the ingest path.
 #[derive(Debug)]
 pub struct Metrics {
@@ -102,6 +110,8 @@ pub struct Metrics {
     pub notifications_dead: Family<ChannelLabel, Counter>,
     /// Notifications waiting to be delivered (not dead ones).
     pub notifications_pending: Gauge,
+    /// Parts of edge requests, by outcome.
+    pub edge_parts: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -140,6 +150,7 @@ impl Metrics {
             notifications_delivered: Family::default(),
             notification_failures: Family::default(),
             notifications_dead: Family::default(),
+            edge_parts: Family::default(),
             notifications_pending: Gauge::default(),
         };
         let m = &metrics;
@@ -248,6 +259,12 @@ impl Metrics {
             "Order notifications waiting to be delivered (not dead letters)",
             m.notifications_pending.clone(),
         );
+        registry.register(
+            "edge_parts",
+            "Parts of requests posted through edge components, by outcome (taken, duplicate, \
+             rejected, refused)",
+            m.edge_parts.clone(),
+        );
         *metrics.registry.lock().expect("fresh mutex") = registry;
         metrics
     }
@@ -256,6 +273,11 @@ impl Metrics {
     pub fn dead_letter(&self, reason: &DeadLetterReason) {
         let label = ReasonLabel { reason: reason.as_str().to_owned() };
         self.dead_letters.get_or_create(&label).inc();
+    }
+
+    /// Counts one edge part with `outcome`.
+    pub fn edge_part(&self, outcome: &'static str) {
+        self.edge_parts.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Lets another part register its metrics under the `locus_` prefix.

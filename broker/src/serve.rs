@@ -70,14 +70,22 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     );
     intake =
         intake.with_notifications(crate::notify::Rules::new(&config.notify), deliveries.clone());
+    let edges = crate::edges::EdgeRules::new(config.edges.clone(), auth.clone());
+    intake = intake.with_edges(edges.clone());
     let (intake, orders) = intake.with_orders(&config.orders);
 
     let active_orders = store.clone();
     let order_gate = Arc::new(move |order: &str| {
         active_orders.order_status(order).is_some_and(|status| !status.is_ended())
     });
-    let link =
-        mqtt::start(&config.mqtt, config.tls.as_ref(), auth.clone(), order_gate, metrics.clone())?;
+    let link = mqtt::start(
+        &config.mqtt,
+        config.tls.as_ref(),
+        auth.clone(),
+        order_gate,
+        edges,
+        metrics.clone(),
+    )?;
     let mut pipeline = PipelineHandle::start(intake, link)?;
     let pipeline_ended = pipeline.ended();
 
@@ -162,12 +170,16 @@ async fn prune_forever(store: Store, config: Config) {
         let pruned = tokio::task::spawn_blocking(move || {
             let fixes_and_letters =
                 store.prune(min_ts, track.max_fixes_per_courier, max_dead_letters)?;
-            Ok::<_, crate::store::StoreError>(fixes_and_letters + store.prune_orders(ended_before)?)
+            let orders_and_receipts =
+                store.prune_orders(ended_before)? + store.prune_receipts(now)?;
+            Ok::<_, crate::store::StoreError>(fixes_and_letters + orders_and_receipts)
         })
         .await;
         match pruned {
             Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::debug!(removed, "pruned tracks, dead letters and orders"),
+            Ok(Ok(removed)) => {
+                tracing::debug!(removed, "pruned tracks, dead letters, orders and edge receipts")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "pruning task failed"),
         }

@@ -50,8 +50,14 @@ fn table_allows(access: Access, role: Role, subject: &str) -> bool {
         Access::Token(grants) => grants.iter().any(|grant| match grant {
             Grant::Role(allowed) => *allowed == role,
             Grant::OrderInPath => role == Role::Order && subject == ID,
+            Grant::EdgeInPath => role == Role::Edge && subject == ID,
         }),
     }
+}
+
+/// A route's path with its parameters filled in (`{id}` is [`ID`]).
+fn route_path(pattern: &str) -> String {
+    pattern.replace("{id}", ID).replace("{name}", "no-such-plugin").replace("{key}", "k-1")
 }
 
 fn allowed(status: u16) -> bool {
@@ -71,6 +77,8 @@ fn every_route_answers_each_scope_as_its_table_row_says() {
         (Role::Merchant, Some("shop-1")),
         (Role::Order, Some(ID)),
         (Role::Order, Some("x-2")),
+        (Role::Edge, Some(ID)),
+        (Role::Edge, Some("web-2")),
     ] {
         let mut args = vec!["issue", "--role", role.as_str()];
         args.extend(subject);
@@ -91,7 +99,7 @@ fn every_route_answers_each_scope_as_its_table_row_says() {
 
     assert!(ROUTES.len() >= 11, "the table lost routes");
     for route in ROUTES {
-        let path = route.path.replace("{id}", ID).replace("{name}", "no-such-plugin");
+        let path = route_path(route.path);
         let method = route.method.as_str();
         let what = format!("{method} {path}");
 
@@ -136,7 +144,7 @@ fn every_route_answers_each_scope_as_its_table_row_says() {
 fn anonymous_servers_stay_open_on_every_route() {
     let server = LocusServer::start_anonymous();
     for route in ROUTES {
-        let path = route.path.replace("{id}", ID).replace("{name}", "no-such-plugin");
+        let path = route_path(route.path);
         let (status, _) = call(&server, route.method.as_str(), &path, None);
         assert!(allowed(status), "{} {path}: {status}", route.method);
     }

@@ -55,6 +55,8 @@ pub enum Grant {
     Role(Role),
     /// An order token whose subject is the route's `{id}`: one order sees only itself.
     OrderInPath,
+    /// An edge token whose subject is the route's `{id}`: an edge reads only its own receipts.
+    EdgeInPath,
 }
 
 impl Grant {
@@ -64,6 +66,9 @@ impl Grant {
             Grant::OrderInPath => {
                 claims.role == Role::Order && id_in_path == Some(claims.subject.as_str())
             }
+            Grant::EdgeInPath => {
+                claims.role == Role::Edge && id_in_path == Some(claims.subject.as_str())
+            }
         }
     }
 
@@ -71,11 +76,12 @@ impl Grant {
         match self {
             Grant::Role(role) => role.as_str().to_owned(),
             Grant::OrderInPath => "order (for this order)".to_owned(),
+            Grant::EdgeInPath => "edge (this edge)".to_owned(),
         }
     }
 }
 
-use Grant::{OrderInPath, Role as R};
+use Grant::{EdgeInPath, OrderInPath, Role as R};
 
 const ADMIN: Access = Access::Token(&[R(Role::Admin)]);
 const READ: Access = Access::Token(&[R(Role::Admin), R(Role::Reader)]);
@@ -85,6 +91,8 @@ const ORDER_READ: Access =
 const ORDERS_LIST: Access = Access::Token(&[R(Role::Admin), R(Role::Reader), R(Role::Merchant)]);
 /// Merchants (and operators) move orders along; couriers do it over MQTT.
 const ORDER_WRITE: Access = Access::Token(&[R(Role::Admin), R(Role::Merchant)]);
+/// An edge reads its own receipts (for its HTTP clients); operators read any.
+const EDGE_RECEIPTS: Access = Access::Token(&[R(Role::Admin), EdgeInPath]);
 // Courier tokens are for MQTT: no route grants `courier`.
 
 /// Every route of the API and who may use it (also the README's HTTP API table).
@@ -102,6 +110,8 @@ pub static ROUTES: &[Route] = &[
     Route { method: Method::POST, path: "/v1/orders/{id}/events", access: ORDER_WRITE, handler: |m| on(m, super::orders::post_event) },
     Route { method: Method::GET, path: "/v1/orders/{id}/location", access: ORDER_READ, handler: |m| on(m, super::order_location) },
     Route { method: Method::POST, path: "/v1/orders/{id}/tokens", access: ORDER_WRITE, handler: |m| on(m, super::orders::issue_token) },
+    // Edges: each its own receipts.
+    Route { method: Method::GET, path: "/v1/edges/{id}/receipts/{key}", access: EDGE_RECEIPTS, handler: |m| on(m, super::edges::receipt) },
     // Operations: admin.
     Route { method: Method::GET, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters) },
     Route { method: Method::GET, path: "/v1/notifications", access: ADMIN, handler: |m| on(m, super::notifications::list) },
@@ -199,6 +209,7 @@ fn forbidden(grants: &[Grant], claims: &Claims) -> Response {
         .map(|g| match g {
             Grant::Role(role) => role.as_str(),
             Grant::OrderInPath => Role::Order.as_str(),
+            Grant::EdgeInPath => Role::Edge.as_str(),
         })
         .collect();
     let challenge = format!(

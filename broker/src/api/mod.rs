@@ -11,6 +11,7 @@
 //! | `GET /v1/orders/{id}`, `GET /v1/orders?state=&courier=&limit=` | orders with their timelines |
 //! | `GET /v1/orders/{id}/location` | last location of an order, with its courier |
 //! | `POST /v1/orders/{id}/tokens` | a customer's token for an active order (MQTT and HTTP) |
+//! | `GET /v1/edges/{id}/receipts/{key}` | where a request an edge forwarded stands (pending, committed, rejected) |
 //! | `GET /v1/dead-letters?after=&limit=` | dead letters, oldest first, paged by id |
 //! | `GET /v1/notifications?state=&order=&after=&limit=` | webhook and email deliveries, pending or dead |
 //! | `POST /v1/notifications/{id}/replay`, `POST /v1/notifications/replay?order=` | send dead deliveries again |
@@ -26,6 +27,7 @@
 
 pub mod access;
 mod config;
+mod edges;
 mod json;
 mod notifications;
 mod orders;

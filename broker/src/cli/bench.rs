@@ -714,9 +714,15 @@ impl BareBroker {
         mqtt.listen_v5 = None;
         mqtt.tls_listen = None;
         mqtt.tls_listen_v5 = None;
-        let link =
-            crate::mqtt::start(&mqtt, None, None, Arc::new(|_| false), Arc::new(Metrics::new()))
-                .context("starting the bare broker")?;
+        let link = crate::mqtt::start(
+            &mqtt,
+            None,
+            None,
+            Arc::new(|_| false),
+            crate::edges::EdgeRules::new(Default::default(), None),
+            Arc::new(Metrics::new()),
+        )
+        .context("starting the bare broker")?;
         std::thread::Builder::new()
             .name("bench-relay".into())
             .spawn(move || relay(link))

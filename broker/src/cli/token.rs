@@ -72,6 +72,9 @@ pub(super) enum RoleArg {
     /// The order SUBJECT only: its status and location over MQTT while it is active, and
     /// `GET /v1/orders/SUBJECT`, `GET /v1/orders/SUBJECT/location` over HTTP.
     Order,
+    /// The edge component SUBJECT (declared in `[edges.SUBJECT]`): MQTT publish on
+    /// `edge/SUBJECT/batches`, and `GET /v1/edges/SUBJECT/receipts/KEY` over HTTP.
+    Edge,
 }
 
 impl From<RoleArg> for Role {
@@ -82,6 +85,7 @@ impl From<RoleArg> for Role {
             RoleArg::Reader => Role::Reader,
             RoleArg::Merchant => Role::Merchant,
             RoleArg::Order => Role::Order,
+            RoleArg::Edge => Role::Edge,
         }
     }
 }
@@ -115,6 +119,11 @@ impl TokenCommand {
                     Role::Order => eprintln!(
                         "order token for {subject} (MQTT username {subject}, client id \
                          order@{subject}[@...]; HTTP header Authorization: Bearer TOKEN){until}:"
+                    ),
+                    Role::Edge => eprintln!(
+                        "edge token for {subject} (MQTT username {subject}, client id \
+                         edge@{subject}@...; HTTP header Authorization: Bearer TOKEN for its \
+                         receipts; the server needs an [edges.{subject}] section){until}:"
                     ),
                     Role::Merchant => eprintln!(
                         "{role} token for {subject} (HTTP header Authorization: Bearer TOKEN){until}:"
@@ -151,6 +160,7 @@ fn subject_for(role: Role, subject: Option<String>) -> anyhow::Result<String> {
             let what = match role {
                 Role::Merchant => "merchant name",
                 Role::Order => "order id",
+                Role::Edge => "edge id",
                 _ => "courier id",
             };
             anyhow::bail!("--role {role} needs the {what}: locusd token issue --role {role} ID")

@@ -85,12 +85,14 @@ pub struct EventsLink {
 /// `tls` is `[tls]`, which the TLS listeners (`tls_listen`, `tls_listen_v5`) need
 /// (the configuration's check at start has made sure it is there and readable).
 ///
-/// `orders` says whether an order is active: customers' order tokens work only then.
+/// `orders` says whether an order is active: customers' order tokens work only then. `edges`
+/// says which edge components may connect.
 pub fn start(
     config: &MqttConfig,
     tls: Option<&TlsConfig>,
     auth: Option<Arc<TokenAuthority>>,
     orders: OrderGate,
+    edges: crate::edges::EdgeRules,
     metrics: Arc<Metrics>,
 ) -> Result<BrokerLink, MqttError> {
     // rumqttd binds inside its own thread and only logs a failure; check first so a taken port
@@ -104,7 +106,8 @@ pub fn start(
         return Err(MqttError::NoCertificate);
     }
 
-    let connections = connection_settings(config, auth, TopicPolicy::new(orders), metrics.clone());
+    let policy = TopicPolicy::new(orders, edges);
+    let connections = connection_settings(config, auth, policy, metrics.clone());
     // One rumqttd server per listener on, keyed by name; none on = no server of that version.
     let servers = |listeners: [(&str, Option<SocketAddr>, Option<rumqttd::TlsConfig>); 2]| {
         let servers: HashMap<String, ServerSettings> = listeners
@@ -186,9 +189,11 @@ pub fn start(
     tx.subscribe(locus_sdk::topics::ALL_LOCATIONS).map_err(|e| MqttError::Link(e.to_string()))?;
     let (mut events_tx, events_rx) =
         broker.link(PIPELINE_EVENTS_CLIENT_ID).map_err(|e| MqttError::Link(e.to_string()))?;
-    events_tx
-        .subscribe(locus_sdk::topics::ALL_EVENTS)
-        .map_err(|e| MqttError::Link(e.to_string()))?;
+    // Edges' batches share the events' link: both are light next to the reports, and a third
+    // link would be a third queue for the intake to visit.
+    for filter in [locus_sdk::topics::ALL_EVENTS, locus_sdk::topics::ALL_EDGE_BATCHES] {
+        events_tx.subscribe(filter).map_err(|e| MqttError::Link(e.to_string()))?;
+    }
 
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -381,6 +386,26 @@ fn check_connect(
                 false => {
                     Err(format!("order {order} is not active (delivered, cancelled or unknown)"))
                 }
+            }
+        }
+        Principal::Edge { edge } => {
+            check_client_id(client_id)?;
+            if edge != username {
+                return Err(format!(
+                    "an edge's client id is edge@{{edge}}[@...] and its username the edge id \
+                     (client id {client_id}, username {username})"
+                ));
+            }
+            if !locus_sdk::topics::is_valid_id(edge) {
+                return Err("username is not a valid edge id".into());
+            }
+            auth.verify(Role::Edge, edge, password).map_err(|e| e.to_string())?;
+            match policy.edge_is_declared(edge) {
+                true => Ok(()),
+                false => Err(format!(
+                    "edge {edge} is not declared: add an [edges.{edge}] section naming the \
+                     couriers it may report for"
+                )),
             }
         }
     }

@@ -24,6 +24,18 @@
 //! "Active" means placed and neither delivered nor cancelled ([`OrderGate`]); a customer who
 //! subscribed before the end still gets the last status (`delivered` or `cancelled`).
 //!
+//! and for an edge component with an edge token for edge `{edge}` (client id `edge@{edge}` or
+//! `edge@{edge}@{anything}`, one per HTTP request it forwards), declared in `[edges.{edge}]`:
+//!
+//! | action    | allowed                                  |
+//! |-----------|------------------------------------------|
+//! | publish   | exactly `edge/{edge}/batches`            |
+//! | subscribe | nothing                                  |
+//! | last will | nothing                                  |
+//!
+//! Which couriers an edge may post for is checked per batch by the intake
+//! ([`crate::edges::EdgeRules::refusal`]): the topic does not name the courier.
+//!
 //! So nobody but locusd writes `couriers/{id}/acks` or anything under `orders/`: locusd publishes
 //! through its local link, which the broker trusts (it has no connection settings, so the hook
 //! is never asked). A forged ack is what makes this matter: the SDK drops every report up to an
@@ -54,6 +66,9 @@ pub fn is_reserved_client_id(client_id: &str) -> bool {
 /// Prefix of the client ids of customers following an order.
 pub const CUSTOMER_CLIENT_PREFIX: &str = "order@";
 
+/// Prefix of the client ids of edge components.
+pub const EDGE_CLIENT_PREFIX: &str = "edge@";
+
 /// Whether an order is active (placed, neither delivered nor cancelled): the only time its
 /// customers may subscribe. Called on the broker's router thread, so it must be quick (the
 /// store's in-memory orders view).
@@ -70,15 +85,24 @@ pub enum Principal<'a> {
         /// The order.
         order: &'a str,
     },
+    /// An edge component: the client id is `edge@{edge}[@…]`.
+    Edge {
+        /// The edge.
+        edge: &'a str,
+    },
 }
 
 impl<'a> Principal<'a> {
     /// The principal a client id names.
     pub fn of_client(client_id: &'a str) -> Principal<'a> {
-        match client_id.strip_prefix(CUSTOMER_CLIENT_PREFIX) {
-            Some(rest) => Principal::Customer { order: rest.split('@').next().unwrap_or(rest) },
-            None => Principal::Courier(client_id),
+        let first = |rest: &'a str| rest.split('@').next().unwrap_or(rest);
+        if let Some(rest) = client_id.strip_prefix(CUSTOMER_CLIENT_PREFIX) {
+            return Principal::Customer { order: first(rest) };
         }
+        if let Some(rest) = client_id.strip_prefix(EDGE_CLIENT_PREFIX) {
+            return Principal::Edge { edge: first(rest) };
+        }
+        Principal::Courier(client_id)
     }
 }
 
@@ -135,12 +159,16 @@ pub enum Denial {
     /// The order was delivered or cancelled (or never placed): its token no longer works.
     #[error("the order is not active")]
     OrderNotActive,
+    /// The topic belongs to another edge.
+    #[error("topic belongs to another edge")]
+    OtherEdge,
 }
 
 /// The topic policy for authenticated clients.
 #[derive(Clone)]
 pub struct TopicPolicy {
     orders: OrderGate,
+    edges: crate::edges::EdgeRules,
 }
 
 impl std::fmt::Debug for TopicPolicy {
@@ -150,9 +178,14 @@ impl std::fmt::Debug for TopicPolicy {
 }
 
 impl TopicPolicy {
-    /// The policy, asking `orders` whether an order is active.
-    pub fn new(orders: OrderGate) -> TopicPolicy {
-        TopicPolicy { orders }
+    /// The policy, asking `orders` whether an order is active and `edges` which edges exist.
+    pub fn new(orders: OrderGate, edges: crate::edges::EdgeRules) -> TopicPolicy {
+        TopicPolicy { orders, edges }
+    }
+
+    /// Whether `[edges]` declares `edge`.
+    pub fn edge_is_declared(&self, edge: &str) -> bool {
+        self.edges.is_declared(edge)
     }
 
     /// Whether `who` may do `action`.
@@ -171,6 +204,18 @@ impl TopicPolicy {
                 match topic.starts_with("orders/") || topic.starts_with("couriers/") {
                     true => Err(Denial::ServerOnly),
                     false => Err(Denial::UnknownTopic),
+                }
+            }
+            (Principal::Edge { edge }, Action::Publish(topic)) => {
+                match topic == topics::edge_batches(edge) {
+                    true => Ok(()),
+                    false => Err(classify_for_edge(edge, topic)),
+                }
+            }
+            (Principal::Edge { edge }, Action::Subscribe(topic) | Action::Will(topic)) => {
+                match topic.starts_with("$share/") || topic.contains(['+', '#']) {
+                    true => Err(Denial::Wildcard),
+                    false => Err(classify_for_edge(edge, topic)),
                 }
             }
         }
@@ -223,6 +268,17 @@ fn classify(courier: &str, topic: &str) -> Denial {
         ["couriers", owner, _] if *owner != courier => Denial::OtherCourier,
         ["couriers", _, _] => Denial::NotPermitted,
         ["orders", ..] => Denial::ServerOnly,
+        ["edge", ..] => Denial::NotPermitted,
+        _ => Denial::UnknownTopic,
+    }
+}
+
+/// Why a topic is refused to an edge (its own batches topic is only for publishing).
+fn classify_for_edge(edge: &str, topic: &str) -> Denial {
+    match topic.split('/').collect::<Vec<_>>().as_slice() {
+        ["edge", owner, _] if *owner != edge => Denial::OtherEdge,
+        ["couriers", _, "acks"] | ["orders", ..] => Denial::ServerOnly,
+        ["edge", ..] | ["couriers", ..] => Denial::NotPermitted,
         _ => Denial::UnknownTopic,
     }
 }
@@ -238,7 +294,34 @@ mod tests {
     /// A policy for which exactly `active` are active orders.
     fn policy(active: &[&str]) -> TopicPolicy {
         let active: Vec<String> = active.iter().map(|o| o.to_string()).collect();
-        TopicPolicy::new(Arc::new(move |order| active.iter().any(|a| a == order)))
+        let edges = crate::edges::EdgeRules::new(Default::default(), None);
+        TopicPolicy::new(Arc::new(move |order| active.iter().any(|a| a == order)), edges)
+    }
+
+    #[test]
+    fn an_edge_publishes_exactly_its_own_batches_and_reads_nothing() {
+        let policy = policy(&["o1"]);
+        let edge = Principal::of_client("edge@web-1@5f2a");
+        assert_eq!(edge, Principal::Edge { edge: "web-1" });
+        assert_eq!(Principal::of_client("edge@web-1"), edge);
+        let check = |action| policy.check(edge, action);
+        assert_eq!(check(Action::Publish("edge/web-1/batches")), Ok(()));
+        assert_eq!(check(Action::Publish("edge/web-2/batches")), Err(Denial::OtherEdge));
+        assert_eq!(check(Action::Publish("edge/web-1/other")), Err(Denial::NotPermitted));
+        assert_eq!(check(Action::Publish("couriers/c1/locations")), Err(Denial::NotPermitted));
+        assert_eq!(check(Action::Publish("couriers/c1/acks")), Err(Denial::ServerOnly));
+        assert_eq!(check(Action::Publish("orders/o1/status")), Err(Denial::ServerOnly));
+        assert_eq!(check(Action::Subscribe("edge/web-1/batches")), Err(Denial::NotPermitted));
+        assert_eq!(check(Action::Subscribe("couriers/+/locations")), Err(Denial::Wildcard));
+        assert_eq!(check(Action::Subscribe("orders/o1/status")), Err(Denial::ServerOnly));
+        assert_eq!(check(Action::Will("edge/web-1/batches")), Err(Denial::NotPermitted));
+        // Couriers and customers never write an edge's topic.
+        assert_eq!(
+            policy.check(Principal::Courier("c1"), Action::Publish("edge/web-1/batches")),
+            Err(Denial::NotPermitted)
+        );
+        let customer = Principal::Customer { order: "o1" };
+        assert!(policy.check(customer, Action::Publish("edge/web-1/batches")).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 mod announce;
 pub mod config;
+mod edge_batches;
 mod order_desk;
 pub mod validate;
 
@@ -158,6 +159,8 @@ pub struct Intake {
     location_interval: Duration,
     /// Where order events' notifications go (`[notify]`), and their deliveries.
     notifier: Option<(crate::notify::Rules, Arc<crate::notify::Deliveries>)>,
+    /// Who may post through edges (`[edges]`); `None`: every edge batch is refused.
+    edges: Option<crate::edges::EdgeRules>,
 }
 
 /// Notifications staged for a commit: the records for the store's notifications tree (key,
@@ -183,6 +186,8 @@ struct Building {
     record: RecordBuilder,
     couriers: HashMap<String, CourierInBatch>,
     orders: OrderBook,
+    /// Receipts of edge requests this batch takes parts of, as they will be written.
+    receipts: HashMap<Vec<u8>, crate::store::EdgeReceipt>,
     out: BuiltBatch,
 }
 
@@ -192,6 +197,7 @@ impl Building {
             record: RecordBuilder::new(received_ms),
             couriers: HashMap::new(),
             orders: OrderBook::new(received_ms),
+            receipts: HashMap::new(),
             out: BuiltBatch::default(),
         }
     }
@@ -211,7 +217,14 @@ impl Intake {
             orders: None,
             location_interval,
             notifier: None,
+            edges: None,
         }
+    }
+
+    /// Takes batches from edges (`edge/+/batches`) as `rules` allow.
+    pub fn with_edges(mut self, rules: crate::edges::EdgeRules) -> Intake {
+        self.edges = Some(rules);
+        self
     }
 
     /// Stages the notifications `[notify]` rules make of order events with the commits that
@@ -324,6 +337,8 @@ impl Intake {
         for (topic, payload) in publishes {
             if topic.ends_with(b"/events") {
                 self.take_event(topic, payload, received_ms, &mut building);
+            } else if topic.starts_with(b"edge/") {
+                self.take_edge_batch(topic, payload, received_ms, &mut pending, &mut building)?;
             } else {
                 self.take_report(topic, payload, received_ms, &mut pending, &mut building)?;
             }
@@ -485,22 +500,37 @@ impl Intake {
             return Ok(());
         }
         building.out.reports += 1;
-        // Good fixes are kept, bad ones refused: one dead letter per distinct reason, holding
-        // the payload as received (never a rebuilt report) and naming the refused fixes, so a
-        // report of many bad fixes costs a few letters, not one copy of itself per fix.
-        let total = report.fixes.len();
         let input = FixInput::new(source(), payload.clone(), received_ms);
+        self.take_fixes(&courier, report.fixes, input, pending, building)?;
+        Ok(())
+    }
+
+    /// Takes the fixes of one report (or edge batch) for `courier`, read from `input`: good
+    /// ones into `pending`, bad ones refused with one dead letter per distinct reason, holding
+    /// the payload as received (never a rebuilt report) and naming the refused fixes, so a
+    /// report of many bad fixes costs a few letters, not one copy of itself per fix. Returns
+    /// how many were refused.
+    fn take_fixes(
+        &mut self,
+        courier: &str,
+        fixes: Vec<Fix>,
+        input: Arc<FixInput>,
+        pending: &mut Vec<PendingFix>,
+        building: &mut Building,
+    ) -> Result<usize, StoreError> {
+        let total = fixes.len();
+        let received_ms = input.received_ms;
         let mut refused: Vec<(usize, FixProblem)> = Vec::new();
-        for (index, fix) in report.fixes.into_iter().enumerate() {
+        for (index, fix) in fixes.into_iter().enumerate() {
             let checked = validate::check_fix(&fix, received_ms, &self.config);
             let checked = match checked {
-                Ok(()) if self.time_taken(building, &courier, fix.ts_ms)? => {
+                Ok(()) if self.time_taken(building, courier, fix.ts_ms)? => {
                     Err(FixProblem::SameDeviceTime { ts_ms: fix.ts_ms })
                 }
                 other => other,
             };
             match checked {
-                Ok(()) => pending.push(PendingFix::new(courier.clone(), fix, input.clone())),
+                Ok(()) => pending.push(PendingFix::new(courier.to_owned(), fix, input.clone())),
                 Err(problem) => refused.push((index, problem)),
             }
         }
@@ -513,12 +543,13 @@ impl Intake {
         }
         for reason in reasons {
             let detail = refused_fixes_detail(&refused, &reason, total);
-            let courier = Some(courier.clone());
+            let courier = Some(courier.to_owned());
+            let source = input.source.clone();
             let letter =
-                DeadLetter::new(reason, source(), courier, detail, &payload[..], received_ms);
+                DeadLetter::new(reason, source, courier, detail, &input.bytes[..], received_ms);
             self.refuse(letter, &mut building.out);
         }
-        Ok(())
+        Ok(refused.len())
     }
 
     /// Takes a courier's order event into the batch: its seq like a report's, the event into
@@ -597,9 +628,10 @@ impl Intake {
 }
 
 fn finish(building: Building) -> BuiltBatch {
-    let Building { record, orders, mut out, .. } = building;
+    let Building { record, orders, receipts, mut out, .. } = building;
     out.commit.record = record.finish();
     out.commit.orders = orders.record;
+    out.commit.receipts = receipts.into_iter().collect();
     out
 }
 

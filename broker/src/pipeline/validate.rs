@@ -43,6 +43,9 @@ pub enum ReportProblem {
     /// An order event with a field that is not valid (`seq` 0 is [`ReportProblem::ZeroSeq`]).
     #[error("order event: {0}")]
     BadEvent(wire::EventProblem),
+    /// An edge batch with a field that is not valid ([`wire::EdgeBatch::problem`]).
+    #[error("edge batch: {0}")]
+    BadEdgeBatch(&'static str),
 }
 
 impl ReportProblem {
@@ -56,6 +59,7 @@ impl ReportProblem {
             ReportProblem::NoFixes => DeadLetterReason::NoFixes,
             ReportProblem::TooManyFixes { .. } => DeadLetterReason::TooManyFixes,
             ReportProblem::BadEvent(problem) => DeadLetterReason::from_code(problem.code()),
+            ReportProblem::BadEdgeBatch(_) => DeadLetterReason::BadEdgeBatch,
         }
     }
 }
@@ -149,6 +153,25 @@ pub fn decode_event(
         Some(wire::EventProblem::ZeroSeq) => Err((ReportProblem::ZeroSeq, None)),
         Some(problem) => Err((ReportProblem::BadEvent(problem), Some(event.seq))),
     }
+}
+
+/// Decodes and checks an edge's batch (`edge/{edge}/batches`) as a whole: the limits of a
+/// report (size, fix count) and [`wire::EdgeBatch::problem`]. An edge batch has no seq to
+/// consume: the edge is told nothing, and its client learns from the receipt.
+pub fn decode_edge_batch(
+    payload: &[u8],
+    config: &PipelineConfig,
+) -> Result<wire::EdgeBatch, ReportProblem> {
+    refuse_oversized(payload, config, |_| None).map_err(|(problem, _)| problem)?;
+    let batch = wire::decode_edge_batch(payload).map_err(ReportProblem::Wire)?;
+    if let Some(problem) = batch.problem() {
+        return Err(ReportProblem::BadEdgeBatch(problem));
+    }
+    if batch.fixes.len() > config.max_fixes_per_report {
+        let limit = config.max_fixes_per_report;
+        return Err(ReportProblem::TooManyFixes { count: batch.fixes.len(), limit });
+    }
+    Ok(batch)
 }
 
 /// Decodes and checks a report as a whole. On failure, also returns the report's seq when the

@@ -62,6 +62,17 @@ pub enum DeadLetterReason {
     /// courier's order, not in a status it follows from, or no such order).
     OrderEventRefused,
 
+    // An edge's batch (`edge/{edge}/batches`).
+    /// `bad_edge_batch`: a batch whose key, part, courier or token is not valid.
+    BadEdgeBatch,
+    /// `edge_not_allowed`: the edge is not declared, or may not report for the courier.
+    EdgeNotAllowed,
+    /// `client_token_refused`: the HTTP client's token is missing, invalid, or not for the
+    /// courier.
+    ClientTokenRefused,
+    /// `edge_key_reused`: a key already taken for other data (another digest).
+    EdgeKeyReused,
+
     // `locusd replay`.
     /// `bad_courier`: a replayed line whose courier id is not a valid id.
     BadCourier,
@@ -108,6 +119,10 @@ impl DeadLetterReason {
             BadEventId => "bad_event_id",
             BadEventDetails => "bad_event_details",
             OrderEventRefused => "order_event_refused",
+            BadEdgeBatch => "bad_edge_batch",
+            EdgeNotAllowed => "edge_not_allowed",
+            ClientTokenRefused => "client_token_refused",
+            EdgeKeyReused => "edge_key_reused",
             BadCourier => "bad_courier",
             PluginRejected(_) => "plugin_rejected",
             PluginFailed => "plugin_failed",
@@ -141,6 +156,10 @@ impl DeadLetterReason {
             "bad_event_id" => BadEventId,
             "bad_event_details" => BadEventDetails,
             "order_event_refused" => OrderEventRefused,
+            "bad_edge_batch" => BadEdgeBatch,
+            "edge_not_allowed" => EdgeNotAllowed,
+            "client_token_refused" => ClientTokenRefused,
+            "edge_key_reused" => EdgeKeyReused,
             "bad_courier" => BadCourier,
             "plugin_rejected" => PluginRejected(String::new()),
             "plugin_failed" => PluginFailed,

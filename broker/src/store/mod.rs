@@ -32,6 +32,8 @@
 //! - `dead_letters`: id (u64 BE, increasing) → [`DeadLetter`] ([`dead_letter`]).
 //! - `replay_progress`: replayed file identity → where `locusd replay` stopped (opaque bytes).
 //! - `notifications`: deliveries of order notifications ([`crate::notify`]).
+//! - `edge_receipts`: what each request an edge forwarded has committed ([`receipts`]),
+//!   written with the fixes it covers.
 //! - `meta`: the layout version and the cursors. A data dir of the previous layout (a key per
 //!   track fix, a committed seq per courier, an outbox of line protocol) is migrated by
 //!   [`migrate`] on first open.
@@ -43,6 +45,7 @@ mod dead_letter;
 mod live;
 pub mod log;
 mod migrate;
+pub mod receipts;
 mod records;
 pub mod seqs;
 pub mod track;
@@ -50,6 +53,7 @@ pub mod track;
 pub use config::{DeadLetterConfig, StoreConfig, TrackConfig};
 pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
 pub use log::{CommitRecord, LogEntry, LoggedFix, LoggedOrderEvent, OrderRecord, RecordBuilder};
+pub use receipts::{EdgeReceipt, ReceiptStatus};
 pub use records::{FixView, StoredFix};
 pub use seqs::{SeqTake, SeqWindow};
 
@@ -131,6 +135,9 @@ pub struct Commit {
     /// Notifications of the order events, as [`crate::notify`] staged them (key, value): an
     /// event and the deliveries it causes are never written one without the other.
     pub notifications: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Receipts of edge requests (key, receipt) whose parts this commit takes: written with
+    /// their fixes, so a part is recorded as in exactly when it is.
+    pub receipts: Vec<(Vec<u8>, EdgeReceipt)>,
 }
 
 /// What a commit changed that others follow.
@@ -154,6 +161,11 @@ struct Inner {
     order_location: sled::Tree,
     orders: sled::Tree,
     notifications: sled::Tree,
+    edge_receipts: sled::Tree,
+    /// Receipts written and the flush that makes them durable (its number in
+    /// `flushes_begun`): until it is done, a receipt is not shown as committed. Empty after a
+    /// restart: what is on disk then is as durable as it gets.
+    receipts_unflushed: Mutex<HashMap<Vec<u8>, u64>>,
     track: sled::Tree,
     dead_letters: sled::Tree,
     replay_progress: sled::Tree,
@@ -367,6 +379,8 @@ impl Store {
                 order_location,
                 orders,
                 notifications: db.open_tree(NOTIFICATIONS_TREE)?,
+                edge_receipts: db.open_tree(receipts::RECEIPTS_TREE)?,
+                receipts_unflushed: Mutex::new(HashMap::new()),
                 track,
                 replay_progress: db.open_tree("replay_progress")?,
                 dead_letters,
@@ -431,7 +445,8 @@ impl Store {
     /// notifications in the same transaction) and applies it to the live view. Not yet durable:
     /// see [`Store::flush`]. On failure nothing of it is written or applied.
     pub fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let Commit { record, orders, dead_letters, replay_progress, notifications } = commit;
+        let Commit { record, orders, dead_letters, replay_progress, notifications, receipts } =
+            commit;
         let inner = &self.inner;
         let first_id = inner.next_log_id.load(Ordering::Relaxed);
         let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(2);
@@ -446,8 +461,12 @@ impl Store {
                 _ => unreachable!("built as orders just above"),
             }
         });
-        let alone =
-            dead_letters.is_empty() && replay_progress.is_none() && notifications.is_empty();
+        let receipts: Vec<(Vec<u8>, Vec<u8>)> =
+            receipts.into_iter().map(|(key, receipt)| (key, encode(&receipt))).collect();
+        let alone = dead_letters.is_empty()
+            && replay_progress.is_none()
+            && notifications.is_empty()
+            && receipts.is_empty();
         if alone && entries.len() <= 1 {
             for (id, entry) in &entries {
                 inner.log.insert(log::key(*id), entry.as_slice())?;
@@ -459,9 +478,14 @@ impl Store {
             for (i, letter) in dead_letters.iter().enumerate() {
                 letters.insert(&(first_letter + i as u64).to_be_bytes(), letter.encode());
             }
-            let trees =
-                (&inner.log, &inner.dead_letters, &inner.replay_progress, &inner.notifications);
-            trees.transaction(|(log, dead, progress, notify)| {
+            let trees = (
+                &inner.log,
+                &inner.dead_letters,
+                &inner.replay_progress,
+                &inner.notifications,
+                &inner.edge_receipts,
+            );
+            trees.transaction(|(log, dead, progress, notify, edge_receipts)| {
                 for (id, entry) in &entries {
                     log.insert(&log::key(*id), entry.as_slice())?;
                 }
@@ -472,8 +496,21 @@ impl Store {
                 for (key, value) in &notifications {
                     notify.insert(key.as_slice(), value.as_slice())?;
                 }
+                for (key, value) in &receipts {
+                    edge_receipts.insert(key.as_slice(), value.as_slice())?;
+                }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })?;
+        }
+        if !receipts.is_empty() {
+            // Read after the write: a flush begun from now on carries it.
+            let flush = inner.flushes_begun.load(Ordering::Acquire) + 1;
+            let mut unflushed = inner.receipts_unflushed.lock().unwrap_or_else(|p| p.into_inner());
+            let done = inner.flushes_done.load(Ordering::Acquire);
+            unflushed.retain(|_, needs| *needs > done);
+            for (key, _) in receipts {
+                unflushed.insert(key, flush);
+            }
         }
         let mut committed = Committed::default();
         if entries.is_empty() {
@@ -536,6 +573,59 @@ impl Store {
         let mut found: Vec<&Order> = live.order_states.values().filter(|o| wanted(o)).collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found.into_iter().take(limit).cloned().collect()
+    }
+
+    /// `edge`'s receipt for `key` as written (the intake reads its own writes: the next part
+    /// of a request must see the previous one), `None` when there is none.
+    pub fn edge_receipt_written(
+        &self,
+        edge: &str,
+        key: &str,
+    ) -> Result<Option<EdgeReceipt>, StoreError> {
+        let value = self.inner.edge_receipts.get(receipts::key(edge, key))?;
+        value.map(|v| decode(receipts::RECEIPTS_TREE, &v)).transpose()
+    }
+
+    /// `edge`'s receipt for `key` and where its request stands, durably: `committed` only once
+    /// a flush has made the receipt (and so the fixes written with it) durable. `None` when
+    /// there is none (not arrived yet, never sent, or pruned).
+    pub fn edge_receipt(
+        &self,
+        edge: &str,
+        key: &str,
+    ) -> Result<Option<(EdgeReceipt, ReceiptStatus)>, StoreError> {
+        let Some(receipt) = self.edge_receipt_written(edge, key)? else { return Ok(None) };
+        let needs = self
+            .inner
+            .receipts_unflushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&receipts::key(edge, key))
+            .copied();
+        let durable =
+            needs.is_none_or(|needs| self.inner.flushes_done.load(Ordering::Acquire) >= needs);
+        let status = match receipt.status() {
+            ReceiptStatus::Committed if !durable => ReceiptStatus::Pending,
+            status => status,
+        };
+        Ok(Some((receipt, status)))
+    }
+
+    /// Removes receipts kept past their time (`keep_until_ms` before `now_ms`). Returns how
+    /// many.
+    pub fn prune_receipts(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.inner.edge_receipts.iter() {
+            let (key, value) = entry?;
+            let receipt: EdgeReceipt = decode(receipts::RECEIPTS_TREE, &value)?;
+            if receipt.keep_until_ms < now_ms {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            self.inner.edge_receipts.remove(key)?;
+        }
+        Ok(expired.len())
     }
 
     /// Removes the orders that ended (delivered or cancelled) before `ended_before_ms`, with
