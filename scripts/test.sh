@@ -67,6 +67,15 @@ if [ "$lint" = 1 ]; then
   env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
     cargo clippy --manifest-path plugins/Cargo.toml --target-dir plugins/target \
     --all-targets --target wasm32-wasip2 -- -D warnings
+
+  # The edge component (edge/) is a workspace of its own too, built for wasm32-wasip2 (its
+  # src/host/ exists only there) into edge/target, where the tests build it as well.
+  step "edge/: cargo fmt --check"
+  cargo fmt --manifest-path edge/Cargo.toml --all --check
+  step "edge/: cargo clippy --all-targets --target wasm32-wasip2 -- -D warnings"
+  env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET \
+    cargo clippy --manifest-path edge/Cargo.toml --target-dir edge/target --release \
+    --all-targets --target wasm32-wasip2 -- -D warnings
 fi
 
 # The courier SDK must build for phones. TLS crates that compile C need the phone toolchains
@@ -87,6 +96,11 @@ cargo test --workspace --no-fail-fast --features locus-sdk/client || failed=1
 step "vendor/rumqttd: cargo test --lib"
 cargo test --manifest-path vendor/rumqttd/Cargo.toml --target-dir vendor/rumqttd/target \
   --locked --lib || failed=1
+
+# The edge component's own unit tests (routing, parsing, splitting, answers) run on the host;
+# its end-to-end tests (tests/tests/edge.rs) ran with the workspace above.
+step "edge/: cargo test"
+cargo test --manifest-path edge/Cargo.toml --target-dir edge/target --locked || failed=1
 
 # Fuzz targets (fuzz/README.md): `cargo test` above ran each for 2 s; here each runs for 30 s,
 # two at a time, in the dev profile. A crash fails the run and is saved in fuzz/crashes/.

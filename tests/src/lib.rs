@@ -9,6 +9,8 @@
 //! - [`influxd`]: a real InfluxDB 1.x server on free ports.
 //! - [`free_port`]: the one port picker (outside the ephemeral range: see [`ports`]).
 //! - [`plugin_components::component`]: a component of `plugins/`, built on first use.
+//! - [`edge_host::EdgeHost`]: the edge component (`edge/`) served over HTTP by wasmtime, in place
+//!   of Spin.
 
 use anyhow::{bail, Context as _};
 use locus_sdk::{topics, wire};
@@ -44,6 +46,7 @@ pub fn locusd() -> &'static Path {
     })
 }
 
+pub mod edge_host;
 pub mod plugin_components;
 pub mod ports;
 pub use ports::free_port;

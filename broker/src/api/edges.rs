@@ -24,6 +24,10 @@ pub(super) struct ReceiptView {
     known: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     courier: Option<String>,
+    /// The digest of the request the key was first taken for (32 hex digits, as in the edge's
+    /// 202): a client whose own digest differs reused a key another request holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<u16>,
     parts_committed: usize,
@@ -57,6 +61,7 @@ pub(super) async fn receipt(
         status: ReceiptStatus::Pending,
         known: found.is_some(),
         courier: None,
+        digest: None,
         parts: None,
         parts_committed: 0,
         fixes: 0,
@@ -70,6 +75,7 @@ pub(super) async fn receipt(
         let (reason, detail) = receipt.rejected.clone().unzip();
         view = ReceiptView {
             status,
+            digest: Some(locus_sdk::wire::digest_hex(&receipt.digest)),
             courier: Some(receipt.courier),
             parts: Some(receipt.parts),
             parts_committed: receipt.committed_parts.len(),

@@ -378,16 +378,11 @@ impl TryFrom<&EdgeBatchJson> for EdgeBatch {
 
 impl From<&EdgeBatch> for EdgeBatchJson {
     fn from(batch: &EdgeBatch) -> Self {
-        use core::fmt::Write as _;
-        let mut digest = String::with_capacity(32);
-        for byte in batch.digest {
-            let _ = write!(digest, "{byte:02x}");
-        }
         EdgeBatchJson {
             key: batch.key.clone(),
             part: batch.part,
             parts: batch.parts,
-            digest,
+            digest: super::digest_hex(&batch.digest),
             courier: batch.courier.clone(),
             token: batch.token.clone(),
             fixes: batch.fixes.iter().map(FixJson::from).collect(),

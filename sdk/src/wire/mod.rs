@@ -109,6 +109,17 @@ pub fn is_valid_edge_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// An [`EdgeBatch::digest`] as 32 lowercase hex digits: how the edge's 202, locusd's receipt
+/// and the JSON view show it, so a client can tell its own request's receipt from another's.
+pub fn digest_hex(digest: &[u8; 16]) -> String {
+    use core::fmt::Write as _;
+    let mut hex = String::with_capacity(32);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
 impl EdgeBatch {
     /// What makes the server refuse this message as a whole (dead-letter reason
     /// `bad_edge_batch`), or `None` when it is well formed. Each fix is checked on its own, as
