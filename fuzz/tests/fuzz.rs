@@ -113,11 +113,14 @@ fn report_with_everything(seq: u64, fixes: usize) -> Report {
 /// WIRE.md says both mean the same, and the JSON view cannot tell them apart.
 fn without_empty_details(message: &Message) -> Message {
     let mut message = message.clone();
-    if let Message::Report(report) = &mut message {
-        for fix in &mut report.fixes {
-            if fix.details.as_ref().is_some_and(|d| *d == FixDetails::default()) {
-                fix.details = None;
-            }
+    let fixes = match &mut message {
+        Message::Report(report) => &mut report.fixes,
+        Message::EdgeBatch(batch) => &mut batch.fixes,
+        Message::Ack(_) | Message::Event(_) => return message,
+    };
+    for fix in fixes {
+        if fix.details.as_ref().is_some_and(|d| *d == FixDetails::default()) {
+            fix.details = None;
         }
     }
     message
