@@ -112,6 +112,8 @@ pub struct Metrics {
     pub notifications_pending: Gauge,
     /// Parts of edge requests, by outcome.
     pub edge_parts: Family<OutcomeLabel, Counter>,
+    /// Messages published on the live fix stream (`fixes/{courier}`).
+    pub fix_stream_messages: Counter,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,7 @@ impl Metrics {
             notification_failures: Family::default(),
             notifications_dead: Family::default(),
             edge_parts: Family::default(),
+            fix_stream_messages: Counter::default(),
             notifications_pending: Gauge::default(),
         };
         let m = &metrics;
@@ -264,6 +267,11 @@ impl Metrics {
             "Parts of requests posted through edge components, by outcome (taken, duplicate, \
              rejected, refused)",
             m.edge_parts.clone(),
+        );
+        registry.register(
+            "fix_stream_messages",
+            "Messages published on the live fix stream (fixes/{courier}: one per courier per commit)",
+            m.fix_stream_messages.clone(),
         );
         *metrics.registry.lock().expect("fresh mutex") = registry;
         metrics

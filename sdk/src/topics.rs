@@ -49,6 +49,15 @@ pub fn order_location(order: &str) -> String {
     format!("orders/{order}/location")
 }
 
+/// Topic of the live fix stream: every fix locusd commits for `courier`, after plugins, as
+/// JSON, for readers (other teams' consumers).
+pub fn fixes(courier: &str) -> String {
+    format!("fixes/{courier}")
+}
+
+/// Filter for every courier's live fix stream.
+pub const ALL_FIXES: &str = "fixes/+";
+
 /// Topic an edge component publishes the fixes posted to it on.
 pub fn edge_batches(edge: &str) -> String {
     format!("edge/{edge}/batches")
@@ -99,6 +108,7 @@ mod tests {
         assert_eq!(courier_of_locations(&events("c-1")), None);
         assert_eq!(courier_of_events("couriers//events"), None);
         assert_eq!(courier_of_events("couriers/a/b/events"), None);
+        assert_eq!(fixes("c-1"), "fixes/c-1");
         assert_eq!(edge_of_batches(&edge_batches("web-1")), Some("web-1"));
         assert_eq!(edge_of_batches("edge/a/b/batches"), None);
         assert_eq!(edge_of_batches("edge//batches"), None);

@@ -36,6 +36,15 @@
 //! Which couriers an edge may post for is checked per batch by the intake
 //! ([`crate::edges::EdgeRules::refusal`]): the topic does not name the courier.
 //!
+//! and for a consumer of the live fix stream with a `reader` token (username `reader`, client
+//! id `reader@{anything}`):
+//!
+//! | action    | allowed                                                   |
+//! |-----------|-----------------------------------------------------------|
+//! | publish   | nothing                                                   |
+//! | subscribe | `fixes/+`, `fixes/#` or exactly `fixes/{courier}`          |
+//! | last will | nothing                                                   |
+//!
 //! So nobody but locusd writes `couriers/{id}/acks` or anything under `orders/`: locusd publishes
 //! through its local link, which the broker trusts (it has no connection settings, so the hook
 //! is never asked). A forged ack is what makes this matter: the SDK drops every report up to an
@@ -69,6 +78,9 @@ pub const CUSTOMER_CLIENT_PREFIX: &str = "order@";
 /// Prefix of the client ids of edge components.
 pub const EDGE_CLIENT_PREFIX: &str = "edge@";
 
+/// Prefix of the client ids of fix stream consumers (reader tokens).
+pub const READER_CLIENT_PREFIX: &str = "reader@";
+
 /// Whether an order is active (placed, neither delivered nor cancelled): the only time its
 /// customers may subscribe. Called on the broker's router thread, so it must be quick (the
 /// store's in-memory orders view).
@@ -90,6 +102,8 @@ pub enum Principal<'a> {
         /// The edge.
         edge: &'a str,
     },
+    /// A consumer of the live fix stream: the client id is `reader@{anything}`.
+    Reader,
 }
 
 impl<'a> Principal<'a> {
@@ -101,6 +115,9 @@ impl<'a> Principal<'a> {
         }
         if let Some(rest) = client_id.strip_prefix(EDGE_CLIENT_PREFIX) {
             return Principal::Edge { edge: first(rest) };
+        }
+        if client_id.starts_with(READER_CLIENT_PREFIX) {
+            return Principal::Reader;
         }
         Principal::Courier(client_id)
     }
@@ -218,6 +235,13 @@ impl TopicPolicy {
                     false => Err(classify_for_edge(edge, topic)),
                 }
             }
+            (Principal::Reader, Action::Subscribe(filter)) => may_read_stream(filter),
+            (Principal::Reader, Action::Publish(topic) | Action::Will(topic)) => {
+                match topic.split('/').next() {
+                    Some("couriers" | "orders" | "fixes") => Err(Denial::ServerOnly),
+                    _ => Err(Denial::UnknownTopic),
+                }
+            }
         }
     }
 
@@ -273,6 +297,21 @@ fn classify(courier: &str, topic: &str) -> Denial {
     }
 }
 
+/// A reader subscribes to the whole fix stream or one courier's, nothing else.
+fn may_read_stream(filter: &str) -> Result<(), Denial> {
+    if filter == topics::ALL_FIXES || filter == "fixes/#" {
+        return Ok(());
+    }
+    match filter.split('/').collect::<Vec<_>>().as_slice() {
+        ["fixes", courier] if topics::is_valid_id(courier) => Ok(()),
+        ["$share", ..] => Err(Denial::Wildcard),
+        ["fixes", ..] | ["couriers", ..] | ["orders", ..] | ["edge", ..] => {
+            Err(Denial::NotPermitted)
+        }
+        _ => Err(Denial::UnknownTopic),
+    }
+}
+
 /// Why a topic is refused to an edge (its own batches topic is only for publishing).
 fn classify_for_edge(edge: &str, topic: &str) -> Denial {
     match topic.split('/').collect::<Vec<_>>().as_slice() {
@@ -322,6 +361,32 @@ mod tests {
         );
         let customer = Principal::Customer { order: "o1" };
         assert!(policy.check(customer, Action::Publish("edge/web-1/batches")).is_err());
+    }
+
+    #[test]
+    fn a_reader_subscribes_to_the_fix_stream_and_nothing_else_and_publishes_nothing() {
+        let policy = policy(&["o1"]);
+        let reader = Principal::of_client("reader@analytics-1");
+        assert_eq!(reader, Principal::Reader);
+        let check = |action| policy.check(reader, action);
+        for filter in ["fixes/+", "fixes/#", "fixes/c1"] {
+            assert_eq!(check(Action::Subscribe(filter)), Ok(()), "{filter}");
+        }
+        assert_eq!(check(Action::Subscribe("fixes/c1/x")), Err(Denial::NotPermitted));
+        assert_eq!(check(Action::Subscribe("#")), Err(Denial::UnknownTopic));
+        assert_eq!(check(Action::Subscribe("$share/g/fixes/+")), Err(Denial::Wildcard));
+        assert_eq!(check(Action::Subscribe("couriers/c1/acks")), Err(Denial::NotPermitted));
+        assert_eq!(check(Action::Subscribe("orders/o1/status")), Err(Denial::NotPermitted));
+        assert_eq!(check(Action::Publish("fixes/c1")), Err(Denial::ServerOnly));
+        assert_eq!(check(Action::Publish("couriers/c1/locations")), Err(Denial::ServerOnly));
+        assert_eq!(check(Action::Will("fixes/c1")), Err(Denial::ServerOnly));
+        // Nobody else reads or writes the stream.
+        for who in [Principal::Courier("c1"), Principal::Customer { order: "o1" }] {
+            assert!(policy.check(who, Action::Subscribe("fixes/c1")).is_err(), "{who:?}");
+            assert!(policy.check(who, Action::Publish("fixes/c1")).is_err(), "{who:?}");
+        }
+        let edge = Principal::Edge { edge: "web-1" };
+        assert!(policy.check(edge, Action::Publish("fixes/c1")).is_err());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //!   (the newest position wins; one that arrived too soon goes out when the interval is up).
 //!   Emptied (a retained message with no payload) when the order ends.
 //!
+//! - `fixes/{courier}` (not retained): the live fix stream, every committed fix after plugins
+//!   ([`super::fix_stream`]).
+//!
 //! The broker keeps retained messages in memory only, so [`Announcer::announce_all`] publishes
 //! them again when locusd starts.
 
@@ -52,6 +55,12 @@ impl Announcer {
         // Retained, so a device that reconnects learns its committed seq at once.
         let payload = wire::encode_ack(wire::Ack { seq });
         self.publish(topics::acks(courier), payload, true)
+    }
+
+    /// A message of the live fix stream (`fixes/{courier}`, JSON). Not retained: the stream
+    /// is what was committed just now, and a retained message would be a stale "now".
+    pub(super) fn stream(&mut self, topic: String, json: Vec<u8>) -> Result<(), LinkLost> {
+        self.publish(topic, json, false)
     }
 
     /// An order's new status; when the event ended it, its location is emptied.

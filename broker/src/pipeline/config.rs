@@ -18,6 +18,9 @@ pub struct PipelineConfig {
     pub max_future_ms: u64,
     /// How far behind server time a fix's device time may be (devices offline for long), ms.
     pub max_age_ms: u64,
+    /// Publish every committed fix, after plugins, as JSON on `fixes/{courier}` (the live fix
+    /// stream readers subscribe to; README, "Live fix stream").
+    pub stream_fixes: bool,
 }
 
 impl Default for PipelineConfig {
@@ -28,6 +31,7 @@ impl Default for PipelineConfig {
             max_report_bytes: locus_sdk::wire::limits::DEFAULT_MAX_REPORT_BYTES,
             max_future_ms: 5 * 60 * 1000,
             max_age_ms: 7 * 24 * 3600 * 1000,
+            stream_fixes: true,
         }
     }
 }

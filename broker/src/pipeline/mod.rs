@@ -24,6 +24,7 @@
 mod announce;
 pub mod config;
 mod edge_batches;
+mod fix_stream;
 mod order_desk;
 pub mod validate;
 
@@ -133,6 +134,8 @@ struct PendingAcks {
     moved_orders: Vec<String>,
     /// The highest notification delivery id it staged: durable with it.
     notifications_through: Option<u64>,
+    /// Its fixes for the live fix stream (empty when `stream_fixes` is off).
+    stream: fix_stream::StreamBatch,
 }
 
 /// What one batch knows of a courier while it is being built: its committed seqs with this
@@ -659,14 +662,21 @@ fn refused_fixes_detail(
 
 /// Runs the intake loop on the current thread until `stop` is set or the link closes, then
 /// returns after handing every built batch to the committer.
+/// What the intake reads from the broker.
+struct IntakeLinks {
+    rx: LinkRx,
+    events: Option<crate::mqtt::EventsLink>,
+    stream_demand: crate::mqtt::StreamDemand,
+}
+
 fn run_intake(
     mut intake: Intake,
-    mut rx: LinkRx,
-    mut events: Option<crate::mqtt::EventsLink>,
+    links: IntakeLinks,
     to_committer: mpsc::SyncSender<PendingAcks>,
     flushing: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
+    let IntakeLinks { mut rx, mut events, stream_demand } = links;
     let max_batch = intake.config.max_batch_reports;
     let mut publishes: Vec<(Bytes, Bytes)> = Vec::with_capacity(max_batch);
     let mut paused = false;
@@ -771,6 +781,10 @@ fn run_intake(
         };
         let BuiltBatch { commit, acks, reports, fixes, order_changes, notifications_through } =
             built;
+        let stream = match intake.config.stream_fixes && stream_demand.is_wanted() {
+            true => fix_stream::StreamBatch::of(&commit.record),
+            false => fix_stream::StreamBatch::default(),
+        };
         let committed = match intake.commit(commit) {
             Ok(committed) => committed,
             Err(e) => {
@@ -786,6 +800,7 @@ fn run_intake(
             order_changes,
             moved_orders: committed.moved_orders,
             notifications_through,
+            stream,
             ..PendingAcks::default()
         };
         flushing.fetch_add(1, Ordering::AcqRel);
@@ -887,6 +902,7 @@ fn announce_flushed(
 ) -> Result<(), announce::LinkLost> {
     let mut acks: HashMap<String, u64> = HashMap::new();
     let mut moved: Vec<String> = Vec::new();
+    let mut streams = Vec::new();
     for pending in group {
         for (answer, answered) in pending.order_answers {
             let _ = answer.send(answered);
@@ -910,6 +926,9 @@ fn announce_flushed(
         for change in &pending.order_changes {
             announcer.order_changed(change)?;
         }
+        if !pending.stream.is_empty() {
+            streams.push(pending.stream);
+        }
     }
     for (courier, seq) in acks {
         announcer.ack(&courier, seq)?;
@@ -918,7 +937,16 @@ fn announce_flushed(
     for order in moved {
         announcer.order_moved(&order)?;
     }
-    announcer.publish_due()
+    announcer.publish_due()?;
+    // The stream last: its JSON is the committer's biggest job, and the acks above are what
+    // devices wait for.
+    for stream in streams {
+        for (topic, json) in stream.messages() {
+            announcer.stream(topic, json)?;
+            metrics.fix_stream_messages.inc();
+        }
+    }
+    Ok(())
 }
 
 /// The running pipeline's two threads.
@@ -940,7 +968,7 @@ impl PipelineHandle {
         let (to_committer, from_intake) = mpsc::sync_channel(16);
         let store = intake.store.clone();
         let metrics = intake.metrics.clone();
-        let BrokerLink { tx, rx, events } = link;
+        let BrokerLink { tx, rx, events, stream_demand } = link;
         let announcer = Announcer::new(tx, store.clone(), intake.location_interval);
         let deliveries = intake.notifier.as_ref().map(|(_, deliveries)| deliveries.clone());
         let intake_stop = stop.clone();
@@ -950,7 +978,8 @@ impl PipelineHandle {
         let (ended, intake_ended) = tokio::sync::oneshot::channel();
         let intake =
             std::thread::Builder::new().name("pipeline-intake".into()).spawn(move || {
-                run_intake(intake, rx, events, to_committer, flushing, intake_stop);
+                let links = IntakeLinks { rx, events, stream_demand };
+                run_intake(intake, links, to_committer, flushing, intake_stop);
                 let _ = ended.send(());
             })?;
         let committer =
@@ -1022,7 +1051,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let intake = Intake::new(PipelineConfig::default(), store, Arc::new(Metrics::new()));
-        let link = BrokerLink { tx, rx, events: None };
+        let stream_demand = crate::mqtt::StreamDemand::always();
+        let link = BrokerLink { tx, rx, events: None, stream_demand };
         let mut pipeline = PipelineHandle::start(intake, link).unwrap();
         let mut ended = Box::pin(pipeline.ended());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
