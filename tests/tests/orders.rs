@@ -122,3 +122,52 @@ fn an_order_goes_through_its_lifecycle_over_http_and_survives_kill_9() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.get_ok("/v1/orders/o3")["status"], "placed");
 }
+
+#[test]
+fn a_merchant_reaches_only_the_orders_it_placed() {
+    let server = LocusServer::start();
+    let bakery = server.token_command(&["issue", "--role", "merchant", "bakery"]);
+    let florist = server.token_command(&["issue", "--role", "merchant", "florist"]);
+    let reader = server.token_command(&["issue", "--role", "reader"]);
+    let placed = json!({"event": "placed", "details": {"address": "Carrer 1"}});
+    assert_eq!(post_event(&server, &bakery, "cake-1", placed.clone()).0, 200);
+    assert_eq!(post_event(&server, &florist, "rose-1", placed.clone()).0, 200);
+    let get = |token: &str, path: &str| {
+        let response = reqwest::blocking::Client::new()
+            .get(server.url(path))
+            .bearer_auth(token)
+            .send()
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().unwrap_or(Value::Null))
+    };
+
+    // Its own order, as before.
+    let (status, body) = get(&bakery, "/v1/orders/cake-1");
+    assert_eq!((status, &body["status"]), (200, &json!("placed")), "{body}");
+    // Another merchant's order does not exist for it: not readable, not movable, no tokens,
+    // not even re-placeable, and it is not listed.
+    for path in ["/v1/orders/rose-1", "/v1/orders/rose-1/location"] {
+        let (status, body) = get(&bakery, path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.to_string().contains("Carrer"), "{path}: {body}");
+    }
+    for event in [json!({"event": "ready"}), json!({"event": "cancelled"}), placed] {
+        let (status, body) = post_event(&server, &bakery, "rose-1", event.clone());
+        assert_eq!(status, 404, "{event}: {body}");
+    }
+    let (status, _) = server.post("/v1/orders/rose-1/tokens", &bakery, &json!({}));
+    assert_eq!(status, 404);
+    let listed = |token: &str| -> Vec<String> {
+        let (status, body) = get(token, "/v1/orders");
+        assert_eq!(status, 200, "{body}");
+        let orders = body["orders"].as_array().expect("orders").iter();
+        orders.map(|o| o["order"].as_str().expect("id").to_owned()).collect()
+    };
+    assert_eq!(listed(&bakery), ["cake-1"]);
+    assert_eq!(listed(&florist), ["rose-1"]);
+    // Operators and readers see every order; the florist's order is untouched.
+    assert_eq!(listed(&reader), ["cake-1", "rose-1"]);
+    assert_eq!(server.get_ok("/v1/orders/rose-1")["status"], "placed");
+    assert_eq!(server.get_ok("/v1/orders/rose-1")["timeline"].as_array().unwrap().len(), 1);
+}

@@ -85,7 +85,7 @@ use Grant::{EdgeInPath, OrderInPath, Role as R};
 
 const ADMIN: Access = Access::Token(&[R(Role::Admin)]);
 const READ: Access = Access::Token(&[R(Role::Admin), R(Role::Reader)]);
-/// Merchants read orders too: there is no order → merchant link yet to narrow it to their own.
+/// Merchants read orders too, only those they placed (the handlers narrow it: `api::orders`).
 const ORDER_READ: Access =
     Access::Token(&[R(Role::Admin), R(Role::Reader), R(Role::Merchant), OrderInPath]);
 const ORDERS_LIST: Access = Access::Token(&[R(Role::Admin), R(Role::Reader), R(Role::Merchant)]);

@@ -154,8 +154,14 @@ async fn courier_location(
 async fn order_location(
     State(state): State<ApiState>,
     Path(order): Path<String>,
+    claims: Option<axum::Extension<crate::auth::Claims>>,
 ) -> Result<Json<FixView>, ApiError> {
     check_id("order", &order)?;
+    if let Some(axum::Extension(claims)) = &claims {
+        if claims.role == crate::auth::Role::Merchant {
+            orders::visible_order(&state, &order, Some(claims))?;
+        }
+    }
     let (courier, fix) = state
         .store
         .order_location(&order)?

@@ -4,6 +4,10 @@
 //! An event goes through the pipeline's [`OrderDesk`] (the intake checks it and writes it to the
 //! commit log) and is answered once it is durable: 200 with the order, or 409 with the
 //! refusal, which names the order's current status.
+//!
+//! A merchant's token reaches only the orders that merchant placed (the `placed` event's actor
+//! is `merchant:{name}`): another merchant's order is answered 404, as if it did not exist, and
+//! left out of the list. Admins and readers see every order.
 
 use super::{check_id, ApiError, ApiState, FixView};
 use crate::auth::Claims;
@@ -59,8 +63,12 @@ pub(super) async fn post_event(
             body.event
         )));
     }
-    let actor = match claims {
-        Some(Extension(claims)) => format!("{}:{}", claims.role.as_str(), claims.subject),
+    let claims = claims.map(|Extension(claims)| claims);
+    if let Some(existing) = state.store.order(&order) {
+        check_merchant(claims.as_ref(), &existing)?;
+    }
+    let actor = match &claims {
+        Some(claims) => format!("{}:{}", claims.role.as_str(), claims.subject),
         None => "anonymous".to_owned(),
     };
     let event = OrderEvent {
@@ -93,13 +101,48 @@ pub(super) async fn post_event(
 pub(super) async fn show(
     State(state): State<ApiState>,
     Path(order): Path<String>,
+    claims: Option<Extension<Claims>>,
 ) -> Result<Json<Value>, ApiError> {
     check_id("order", &order)?;
-    let found = state
-        .store
-        .order(&order)
-        .ok_or_else(|| ApiError::not_found(format!("no order {order}")))?;
+    let found = visible_order(&state, &order, claims.as_deref())?;
     Ok(Json(order_view(&state, &found)?))
+}
+
+/// The order `id` if the caller may see it: 404 when there is none, or when a merchant asks
+/// for another merchant's order (so merchants cannot probe each other's order ids).
+pub(super) fn visible_order(
+    state: &ApiState,
+    id: &str,
+    claims: Option<&Claims>,
+) -> Result<Order, ApiError> {
+    let found =
+        state.store.order(id).ok_or_else(|| ApiError::not_found(format!("no order {id}")))?;
+    check_merchant(claims, &found)?;
+    Ok(found)
+}
+
+/// A merchant may touch only the orders it placed.
+fn check_merchant(claims: Option<&Claims>, order: &Order) -> Result<(), ApiError> {
+    match merchant_scope(claims) {
+        Some(merchant) if placed_by(order) != Some(merchant) => {
+            Err(ApiError::not_found(format!("no order {} placed by merchant {merchant}", order.id)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The merchant a token is for, when it is a merchant's.
+fn merchant_scope(claims: Option<&Claims>) -> Option<&str> {
+    claims.filter(|c| c.role == crate::auth::Role::Merchant).map(|c| c.subject.as_str())
+}
+
+/// The merchant whose token placed `order` (its `placed` event's actor `merchant:{name}`).
+fn placed_by(order: &Order) -> Option<&str> {
+    order
+        .timeline
+        .iter()
+        .find(|event| event.kind == EventKind::Placed)
+        .and_then(|event| event.actor.strip_prefix("merchant:"))
 }
 
 /// The body of `POST /v1/orders/{id}/tokens` (optional).
@@ -116,6 +159,7 @@ struct TokenBody {
 pub(super) async fn issue_token(
     State(state): State<ApiState>,
     Path(order): Path<String>,
+    claims: Option<Extension<Claims>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     check_id("order", &order)?;
@@ -129,10 +173,7 @@ pub(super) async fn issue_token(
             "locusd allows anonymous access (allow_anonymous = true): it issues no tokens",
         ));
     };
-    let found = state
-        .store
-        .order(&order)
-        .ok_or_else(|| ApiError::not_found(format!("no order {order}")))?;
+    let found = visible_order(&state, &order, claims.as_deref())?;
     if found.status.is_ended() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -175,7 +216,9 @@ pub(super) struct ListQuery {
 pub(super) async fn list(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
+    claims: Option<Extension<Claims>>,
 ) -> Result<Json<Value>, ApiError> {
+    let merchant = merchant_scope(claims.as_deref());
     let wanted_state: Box<dyn Fn(&Order) -> bool + Send> = match query.state.as_deref() {
         None => Box::new(|_| true),
         Some("active") => Box::new(|o| !o.status.is_ended()),
@@ -195,7 +238,11 @@ pub(super) async fn list(
     }
     let limit = query.limit.unwrap_or(state.max_page).min(state.max_page);
     let orders = state.store.orders(
-        |o| wanted_state(o) && query.courier.as_ref().is_none_or(|c| o.courier.as_ref() == Some(c)),
+        |o| {
+            wanted_state(o)
+                && query.courier.as_ref().is_none_or(|c| o.courier.as_ref() == Some(c))
+                && merchant.is_none_or(|m| placed_by(o) == Some(m))
+        },
         limit,
     );
     let views = orders.iter().map(|o| order_view(&state, o)).collect::<Result<Vec<_>, _>>()?;
