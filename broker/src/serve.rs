@@ -78,6 +78,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let order_gate = Arc::new(move |order: &str| {
         active_orders.order_status(order).is_some_and(|status| !status.is_ended())
     });
+    // The same policy, for a RabbitMQ broker's auth backend when it is on.
+    let external_auth = config.http.rabbitmq_auth_backend.then(|| {
+        let policy = mqtt::policy::TopicPolicy::new(order_gate.clone(), edges.clone());
+        Arc::new(mqtt::external_auth::ExternalAuth::new(auth.clone(), policy, metrics.clone()))
+    });
     let link = mqtt::start(
         &config.mqtt,
         config.tls.as_ref(),
@@ -104,6 +109,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         plugins,
         orders,
         notifications: deliveries,
+        external_auth,
     };
     // The API stops on `shutdown`; everything else stops after it, in order.
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();

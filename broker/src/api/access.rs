@@ -101,6 +101,11 @@ pub static ROUTES: &[Route] = &[
     // Open: probes and scrapers carry no token.
     Route { method: Method::GET, path: "/healthz", access: Access::Open, handler: |m| on(m, super::healthz) },
     Route { method: Method::GET, path: "/metrics", access: Access::Open, handler: |m| on(m, super::metrics) },
+    // Open: RabbitMQ's HTTP auth backend carries no token (off unless [http] rabbitmq_auth_backend).
+    Route { method: Method::POST, path: "/rabbitmq/auth/user", access: Access::Open, handler: |m| on(m, super::rabbitmq::user) },
+    Route { method: Method::POST, path: "/rabbitmq/auth/vhost", access: Access::Open, handler: |m| on(m, super::rabbitmq::vhost) },
+    Route { method: Method::POST, path: "/rabbitmq/auth/resource", access: Access::Open, handler: |m| on(m, super::rabbitmq::resource) },
+    Route { method: Method::POST, path: "/rabbitmq/auth/topic", access: Access::Open, handler: |m| on(m, super::rabbitmq::topic) },
     // Locations and tracks: readers.
     Route { method: Method::GET, path: "/v1/couriers/{id}/location", access: READ, handler: |m| on(m, super::courier_location) },
     Route { method: Method::GET, path: "/v1/couriers/{id}/track", access: READ, handler: |m| on(m, super::courier_track) },

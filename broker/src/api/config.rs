@@ -24,6 +24,9 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
     /// Largest request body read by the API, bytes (plugin uploads have their own limit).
     pub max_body_bytes: usize,
+    /// Serve `POST /rabbitmq/auth/{user,vhost,resource,topic}` for a RabbitMQ broker's HTTP
+    /// auth backend (README, "Devices on RabbitMQ"); default off.
+    pub rabbitmq_auth_backend: bool,
 }
 
 impl Default for HttpConfig {
@@ -35,6 +38,7 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
             max_body_bytes: 1024 * 1024,
+            rabbitmq_auth_backend: false,
         }
     }
 }

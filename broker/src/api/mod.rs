@@ -32,6 +32,7 @@ mod json;
 mod notifications;
 mod orders;
 mod plugins;
+mod rabbitmq;
 pub mod server;
 mod start;
 
@@ -73,6 +74,9 @@ pub struct ApiState {
     pub orders: crate::pipeline::OrderDesk,
     /// Notification deliveries (`[notify]`), for listing and replaying them.
     pub notifications: Arc<crate::notify::Deliveries>,
+    /// The policy for RabbitMQ's HTTP auth backend (`[http] rabbitmq_auth_backend`); `None`:
+    /// its routes answer 404.
+    pub external_auth: Option<Arc<crate::mqtt::external_auth::ExternalAuth>>,
 }
 
 impl axum::extract::FromRef<ApiState> for notifications::NotificationsState {

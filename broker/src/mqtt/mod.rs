@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod config;
+pub mod external_auth;
 pub mod policy;
 
 pub use config::MqttConfig;

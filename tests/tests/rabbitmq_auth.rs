@@ -1,0 +1,130 @@
+//! locusd's policy enforced by a real RabbitMQ (Debian's rabbitmq-server 3.10, MQTT plugin,
+//! HTTP auth backend pointed at locusd's `/rabbitmq/auth/...`), with real MQTT clients
+//! (`mosquitto_pub`, `mosquitto_sub`): a courier publishes its own locations and subscribes to
+//! its own acks, and nothing of another courier's; a forged token or another courier's name
+//! cannot connect; nobody writes acks. One RabbitMQ node for the whole file: it takes 10-15 s
+//! to start (`scripts/rabbitmq-node.sh`).
+
+use locus_tests::{wait_for, LocusServer};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// A throwaway RabbitMQ node started by `scripts/rabbitmq-node.sh`; stopped on drop.
+struct RabbitNode {
+    node: String,
+    dir: String,
+    mqtt_port: u16,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-node.sh"))
+}
+
+impl RabbitNode {
+    /// Starts a node whose auth backend is `auth_url` (its `user`, `vhost`, ... paths).
+    fn start(auth_url: &str) -> RabbitNode {
+        let output = Command::new(script())
+            .args(["start", "0", auth_url])
+            .output()
+            .expect("running scripts/rabbitmq-node.sh");
+        assert!(
+            output.status.success(),
+            "RabbitMQ did not start (scripts/test.sh installs rabbitmq-server): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).expect("utf-8");
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .trim_matches(['\'', '"'])
+                .to_owned()
+        };
+        RabbitNode {
+            node: value("RMQ_NODE"),
+            dir: value("RMQ_DIR"),
+            mqtt_port: value("RMQ_MQTT_PORT").parse().expect("a port"),
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).args(["stop", &self.node, &self.dir]).output();
+    }
+}
+
+/// `mosquitto_pub` of one QoS 1 message as `user`/`client` with `token` on the node.
+fn publish(node: &RabbitNode, client: &str, user: &str, token: &str, topic: &str) -> Output {
+    Command::new("timeout")
+        .args(["30", "mosquitto_pub", "-h", "127.0.0.1", "-p", &node.mqtt_port.to_string()])
+        .args(["-V", "mqttv311", "-i", client, "-u", user, "-P", token, "-q", "1"])
+        .args(["-t", topic, "-m", "x"])
+        .output()
+        .expect("mosquitto_pub is installed (scripts/test.sh)")
+}
+
+/// `mosquitto_sub` to `filter` for at most 5 s, one message at most.
+fn subscribe(node: &RabbitNode, client: &str, token: &str, filter: &str) -> Output {
+    Command::new("timeout")
+        .args(["30", "mosquitto_sub", "-h", "127.0.0.1", "-p", &node.mqtt_port.to_string()])
+        .args(["-V", "mqttv311", "-i", client, "-u", client, "-P", token, "-q", "1"])
+        .args(["-t", filter, "-C", "1", "-W", "5"])
+        .output()
+        .expect("mosquitto_sub is installed (scripts/test.sh)")
+}
+
+#[test]
+fn rabbitmq_enforces_the_same_policy_as_the_embedded_broker() {
+    let server = LocusServer::start_with(false, Some("[http]\nrabbitmq_auth_backend = true\n"));
+    let node = RabbitNode::start(&format!("http://{}/rabbitmq/auth", server.http));
+    let (c1, c2) = (server.issue_token("c1"), server.issue_token("c2"));
+    let denied =
+        |action: &str| server.metric(&format!("locus_mqtt_denied_total{{action=\"{action}\"}}"));
+
+    // Its own locations: PUBACK (mosquitto_pub exits 0 only after it).
+    let own = publish(&node, "c1", "c1", &c1, "couriers/c1/locations");
+    assert!(own.status.success(), "{own:?}");
+    // Another courier's locations, or an ack: the connection is closed, no PUBACK.
+    for topic in ["couriers/c2/locations", "couriers/c1/acks", "orders/o1/status"] {
+        let refused = publish(&node, "c1", "c1", &c1, topic);
+        assert!(!refused.status.success(), "{topic}: {refused:?}");
+    }
+    assert_eq!(denied("publish"), 3.0);
+
+    // Subscriptions: its own acks are granted (nothing arrives: -W times out); another
+    // courier's, or a wildcard, are refused (RabbitMQ closes the connection).
+    let own = subscribe(&node, "c1", &c1, "couriers/c1/acks");
+    assert!(own.stdout.is_empty(), "{own:?}");
+    for filter in ["couriers/c2/acks", "couriers/+/acks"] {
+        let before = denied("subscribe");
+        let refused = subscribe(&node, "c1", &c1, filter);
+        assert!(refused.stdout.is_empty(), "{filter}: {refused:?}");
+        wait_for(&format!("{filter} to be refused"), || {
+            (denied("subscribe") > before).then_some(())
+        });
+    }
+
+    // Credentials: a forged token, another courier's token, a name that is not the client id.
+    let refused_before = server.metric("locus_mqtt_auth_refused_total");
+    for (client, user, token) in
+        [("c1", "c1", "forged"), ("c1", "c1", c2.as_str()), ("c2", "c1", c1.as_str())]
+    {
+        let refused = publish(&node, client, user, token, &format!("couriers/{client}/locations"));
+        assert!(!refused.status.success(), "{client}/{user}: {refused:?}");
+    }
+    assert_eq!(server.metric("locus_mqtt_auth_refused_total") - refused_before, 3.0);
+    // And c2 with its own token is fine.
+    assert!(publish(&node, "c2", "c2", &c2, "couriers/c2/locations").status.success());
+}
+
+#[test]
+fn the_auth_backend_routes_are_off_unless_configured() {
+    let server = LocusServer::start();
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/rabbitmq/auth/user"))
+        .form(&[("username", "c1"), ("password", "x"), ("client_id", "c1")])
+        .send()
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 404);
+}
