@@ -1,7 +1,7 @@
 //! JSON shapes of the API's answers.
 
 pub use crate::store::FixView;
-use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource, StoredFix};
+use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource, FixFields, StoredFix};
 use serde::Serialize;
 
 /// A track page.
@@ -10,7 +10,7 @@ pub struct TrackView {
     /// The courier.
     pub courier: String,
     /// Fixes, oldest first, without the repeated courier.
-    pub fixes: Vec<serde_json::Value>,
+    pub fixes: Vec<FixFields>,
     /// `since` for the next page, when this page was full.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_since: Option<u64>,
@@ -20,17 +20,7 @@ impl TrackView {
     /// The view of a track page.
     pub fn new(courier: &str, fixes: &[StoredFix], full_page: bool) -> Self {
         let next_since = full_page.then(|| fixes.last().map(|f| f.fix.ts_ms + 1)).flatten();
-        let fixes = fixes
-            .iter()
-            .map(|f| {
-                let mut value = serde_json::to_value(FixView::new(courier, f))
-                    .expect("FixView serializes to JSON");
-                if let Some(object) = value.as_object_mut() {
-                    object.remove("courier");
-                }
-                value
-            })
-            .collect();
+        let fixes = fixes.iter().map(FixFields::of).collect();
         TrackView { courier: courier.to_owned(), fixes, next_since }
     }
 }

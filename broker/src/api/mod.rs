@@ -161,11 +161,7 @@ async fn order_location(
     claims: Option<axum::Extension<crate::auth::Claims>>,
 ) -> Result<Json<FixView>, ApiError> {
     check_id("order", &order)?;
-    if let Some(axum::Extension(claims)) = &claims {
-        if claims.role == crate::auth::Role::Merchant {
-            orders::visible_order(&state, &order, Some(claims))?;
-        }
-    }
+    orders::check_merchant_of(&state, claims.as_deref(), &order)?;
     let (courier, fix) = state
         .store
         .order_location(&order)?

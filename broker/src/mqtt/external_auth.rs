@@ -19,7 +19,7 @@
 
 use super::policy::{Action, Principal, TopicPolicy};
 use crate::auth::TokenAuthority;
-use crate::metrics::{ActionLabel, Metrics};
+use crate::metrics::Metrics;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -120,8 +120,8 @@ impl ExternalAuth {
             None => Err("no client id: only MQTT clients are known to this policy".to_owned()),
         };
         if let Err(reason) = &verdict {
-            self.metrics.auth_refused.inc();
-            tracing::info!(username = %form.username, %reason, "external broker: connection refused");
+            let client_id = form.client_id.as_deref().unwrap_or("");
+            super::record_refused_connect(&self.metrics, client_id, &form.username, reason);
         }
         verdict.is_ok()
     }
@@ -168,16 +168,7 @@ impl ExternalAuth {
         match self.policy.check(Principal::of_client(client_id), action) {
             Ok(()) => true,
             Err(denial) => {
-                let label = ActionLabel { action: action.label() };
-                self.metrics.mqtt_denied.get_or_create(&label).inc();
-                tracing::info!(
-                    %client_id,
-                    username = %form.username,
-                    action = action.label(),
-                    %topic,
-                    reason = %denial,
-                    "external broker: MQTT action refused"
-                );
+                super::record_denial(&self.metrics, client_id, action, denial);
                 false
             }
         }

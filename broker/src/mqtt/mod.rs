@@ -22,7 +22,7 @@ use crate::auth::{Role, TokenAuthority};
 use crate::metrics::Metrics;
 use crate::metrics::{ActionLabel, DisconnectLabel};
 use crate::tls::TlsConfig;
-use policy::{Action, OrderGate, Principal, TopicPolicy};
+use policy::{Action, Denial, OrderGate, Principal, TopicPolicy};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{
     AclAction, Broker, ClientIdentity, ConnectionEvent, ConnectionSettings, DisconnectReason,
@@ -272,8 +272,7 @@ fn connection_settings(
             None => check_client_id(&client_id),
         };
         if let Err(reason) = &verdict {
-            refused.auth_refused.inc();
-            tracing::info!(%client_id, %username, %reason, "MQTT connection refused");
+            record_refused_connect(&refused, &client_id, &username, reason);
         }
         std::future::ready(verdict.is_ok())
     });
@@ -309,14 +308,7 @@ fn connection_settings(
                     true
                 }
                 Err(denial) => {
-                    denied.mqtt_denied.get_or_create(&ActionLabel { action: action.label() }).inc();
-                    tracing::info!(
-                        client_id = %client.client_id,
-                        action = action.label(),
-                        topic = action.topic(),
-                        reason = %denial,
-                        "MQTT action refused"
-                    );
+                    record_denial(&denied, &client.client_id, action, denial);
                     false
                 }
             }
@@ -395,6 +387,27 @@ impl RateLimitedLog {
         last.insert(client_id.to_owned(), now);
         true
     }
+}
+
+/// Counts and logs a refused CONNECT (embedded broker or an external broker's auth backend):
+/// `locus_mqtt_auth_refused_total`, and an INFO line with the reason.
+fn record_refused_connect(metrics: &Metrics, client_id: &str, username: &str, reason: &str) {
+    metrics.auth_refused.inc();
+    tracing::info!(%client_id, %username, %reason, "MQTT connection refused");
+}
+
+/// Counts and logs an action the topic policy refused (embedded broker or an external
+/// broker's auth backend): `locus_mqtt_denied_total{action}`, and an INFO line naming the
+/// client.
+fn record_denial(metrics: &Metrics, client_id: &str, action: Action<'_>, denial: Denial) {
+    metrics.mqtt_denied.get_or_create(&ActionLabel { action: action.label() }).inc();
+    tracing::info!(
+        %client_id,
+        action = action.label(),
+        topic = action.topic(),
+        reason = %denial,
+        "MQTT action refused"
+    );
 }
 
 /// Whether a subscription filter can match a `fixes/{courier}` topic (`fixes/…`, `+/…`, `#`,

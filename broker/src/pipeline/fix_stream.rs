@@ -15,10 +15,8 @@
 //! consumer that needs every fix after a disconnect reads the gap from the track API or from
 //! InfluxDB.
 
-use crate::store::{CommitRecord, LoggedFix};
-use locus_sdk::wire::json::FixJson;
+use crate::store::{CommitRecord, FixFields, LoggedFix};
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// What one commit adds to the stream, waiting for its flush.
 #[derive(Debug, Default)]
@@ -32,17 +30,8 @@ pub(super) struct StreamBatch {
 #[derive(Debug, Serialize)]
 struct StreamMessage<'a> {
     courier: &'a str,
-    fixes: Vec<StreamFix>,
-}
-
-/// A fix in a message: its fields, the attributes plugins added and when it was received.
-#[derive(Debug, Serialize)]
-struct StreamFix {
-    #[serde(flatten)]
-    fix: FixJson,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    attributes: BTreeMap<String, String>,
-    received_ms: u64,
+    /// As in a track page.
+    fixes: Vec<FixFields>,
 }
 
 impl StreamBatch {
@@ -63,15 +52,11 @@ impl StreamBatch {
     /// The messages, `(topic, JSON)`, one per courier with fixes, in the order couriers first
     /// appear in the commit.
     pub(super) fn messages(self) -> Vec<(String, Vec<u8>)> {
-        let mut by_courier: Vec<Vec<StreamFix>> =
+        let mut by_courier: Vec<Vec<FixFields>> =
             self.couriers.iter().map(|_| Vec::new()).collect();
-        for logged in self.fixes {
+        for logged in &self.fixes {
             let Some(fixes) = by_courier.get_mut(logged.courier as usize) else { continue };
-            fixes.push(StreamFix {
-                fix: FixJson::from(&logged.fix),
-                attributes: logged.attributes.into_iter().collect(),
-                received_ms: self.received_ms,
-            });
+            fixes.push(FixFields::new(&logged.fix, &logged.attributes, self.received_ms));
         }
         self.couriers
             .iter()

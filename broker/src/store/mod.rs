@@ -54,7 +54,7 @@ pub use config::{DeadLetterConfig, StoreConfig, TrackConfig};
 pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
 pub use log::{CommitRecord, LogEntry, LoggedFix, LoggedOrderEvent, OrderRecord, RecordBuilder};
 pub use receipts::{EdgeReceipt, ReceiptStatus};
-pub use records::{FixView, StoredFix};
+pub use records::{FixFields, FixView, StoredFix};
 pub use seqs::{SeqTake, SeqWindow};
 
 use crate::orders::Order;
