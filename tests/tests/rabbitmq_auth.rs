@@ -116,6 +116,27 @@ fn rabbitmq_enforces_the_same_policy_as_the_embedded_broker() {
     assert_eq!(server.metric("locus_mqtt_auth_refused_total") - refused_before, 3.0);
     // And c2 with its own token is fine.
     assert!(publish(&node, "c2", "c2", &c2, "couriers/c2/locations").status.success());
+
+    // Malformed questions get a clear 4xx, never an `allow`, and the server goes on.
+    let http = reqwest::blocking::Client::new();
+    for (path, body) in [
+        ("user", "password=x"),
+        ("topic", "username=c1&vhost=%2F"),
+        ("resource", "%%%"),
+        ("vhost", ""),
+    ] {
+        let response = http
+            .post(server.url(&format!("/rabbitmq/auth/{path}")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .expect("POST");
+        let status = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        assert!((400..500).contains(&status), "{path} {body:?}: {status} {text}");
+        assert!(!text.contains("allow"), "{path}: {text}");
+    }
+    assert!(publish(&node, "c2", "c2", &c2, "couriers/c2/locations").status.success());
 }
 
 #[test]
