@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# scripts/rabbitmq-node.sh — start/stop a throwaway single RabbitMQ node (Debian 12's
+# scripts/rabbitmq-node.sh — start/stop a throwaway RabbitMQ node (Debian 12's
 # rabbitmq-server 3.10.x) for tests: one temp dir, loopback-only free ports, the MQTT
-# plugin on a chosen port, and the HTTP auth backend pointing at a URL of ours.
+# plugin on a chosen port, the HTTP auth backend pointing at a URL of ours for devices, an
+# internal AMQP user for locusd workers, the consistent-hash exchange; nodes can be joined
+# into a cluster (scripts/cluster.sh builds a 3-node one with it).
 # It never touches a system node (/etc/rabbitmq, /var/lib/rabbitmq, port 5672/1883/4369).
 #
 # Install once (CI must do this itself):
@@ -18,28 +20,48 @@
 #       RMQ_AMQP_PORT, RMQ_DIST_PORT, RMQ_EPMD_PORT (each default: a free loopback port),
 #       RMQ_COOKIE (default: random per node; nodes to be clustered need the same cookie
 #       AND the same RMQ_EPMD_PORT, since Erlang looks peers up in epmd on that port),
+#       RMQ_WORKER_USER / RMQ_WORKER_PASS (the internal AMQP user for locusd workers, an
+#       administrator with .* .* .* on vhost /; default locus-worker and 32 random hex
+#       digits; only A-Z a-z 0-9 . _ ~ -; clustered nodes should share them),
 #       RMQ_START_TIMEOUT (s, default 90), RMQ_STOP_TIMEOUT (s, default 20),
 #       RMQ_LOG_LEVEL (default info), RMQ_TMP (parent dir).
-#       Prints eval-able lines on stdout, e.g.
+#       Prints eval-able lines on stdout (also kept in DIR/node.vars, less the seconds), e.g.
 #           RMQ_NODE=locus-test-4242-x1y2z3@localhost
 #           RMQ_DIR=/tmp/locus-rmq.x1y2z3
 #           RMQ_MQTT_PORT=40123
 #           RMQ_AMQP_PORT=40125
+#           RMQ_EPMD_PORT=40127
+#           RMQ_WORKER_USER=locus-worker
+#           RMQ_WORKER_PASS=0f3a...
 #           RMQ_START_SECONDS=9.8
 #       Exit 0 only when the node has fully booted (await_startup) AND the MQTT port
 #       accepts connections. On failure it prints the log tail, stops and removes the node.
 #       The auth URL is a base: RabbitMQ is told to POST to BASE/user, BASE/vhost,
-#       BASE/resource and BASE/topic.
+#       BASE/resource and BASE/topic. Logins try the internal database first (it holds only
+#       the worker user; there is NO guest user), then HTTP: guest/guest goes to the HTTP
+#       backend like any device and is refused unless it says allow.
 #   scripts/rabbitmq-node.sh stop NODE DIR
 #       `rabbitmqctl stop` (graceful, waits for the VM to exit), TERM/KILL of the
-#       launcher's process group if that fails, kills the node's private epmd, rm -rf DIR.
+#       launcher's process group if that fails, kills the node's epmd, rm -rf DIR.
 #       Safe to call twice; refuses to delete a DIR that this script did not create.
+#       A shared epmd (clustered nodes) survives while other nodes use it: epmd refuses
+#       -kill while any node is registered, so the last node's stop ends it.
+#   scripts/rabbitmq-node.sh join DIR SEED_NODE
+#       Makes the running node of DIR a member of SEED_NODE's cluster (stop_app, reset,
+#       join_cluster, start_app; its own users and queues are dropped for the cluster's) and
+#       waits for it to be ready again. Both must have been started with the same RMQ_COOKIE
+#       and RMQ_EPMD_PORT (checked first: a ping of SEED_NODE). Prints RMQ_JOIN_SECONDS=.
+#   scripts/rabbitmq-node.sh kill NODE DIR
+#       kill -9 of the node's process group (a crash); DIR stays for `restart`.
+#   scripts/rabbitmq-node.sh restart DIR
+#       Starts a killed node again: same name, ports and data; a clustered node rejoins
+#       its cluster by itself. Prints the same lines as start.
 #   scripts/rabbitmq-node.sh ctl DIR rabbitmqctl-args...      e.g. ctl "$RMQ_DIR" list_queues
 #   scripts/rabbitmq-node.sh diag DIR rabbitmq-diagnostics-args...
 #   scripts/rabbitmq-node.sh fake-auth PORT [RULES_JSON_FILE]
 #       A stdlib-only Python HTTP auth backend for manual exploration: logs one JSON line per
 #       request and answers "allow"; see the rules in its docstring below.
-#   Or `source` this file and call rmq_node_start / rmq_node_stop NODE DIR yourself.
+#   Or `source` this file and call rmq_node_start / _stop / _join / _kill / _restart yourself.
 #
 # Example
 #   eval "$(scripts/rabbitmq-node.sh start 0 http://127.0.0.1:8089/auth)"   # 0 = pick a port
@@ -57,6 +79,18 @@
 # triggering a Raft leader election", 10-20 times) — hard-coded in 3.10, no setting
 # shortens it; the MQTT port opens only after it. So start ONE node per test binary/suite,
 # not per test. `rabbitmqctl`/`rabbitmq-diagnostics` calls take 0.5-1 s; stop ~3 s.
+# Three nodes booting at once: 14-15.5 s; `join` 3.7-5 s per node (MQTT port open again
+# included); stop of a clustered node ~4 s; `kill` 0.1 s; `restart` 6.5-9 s (8 s for two
+# killed nodes of three coming back together).
+#
+# Clustering on one host, what to know: node names are short names @localhost (no DNS),
+# unique per dir; each node has its own AMQP, MQTT and distribution port, but all share ONE
+# epmd port and ONE cookie (a CLI or node with another cookie or epmd port cannot see the
+# cluster; a CLI with a wrong cookie was seen to hang). Killed nodes need no cleanup
+# before `restart`: epmd drops a dead node's name when its connection closes. With 1 of 3
+# nodes left, MQTT CONNECTs hang (the MQTT plugin's client-id tracker needs a Raft
+# majority) and a confirmed publish to a quorum queue is nacked after ~65 s; with 2 of 3
+# everything goes on (quorum queue leaders move at once, SAC consumers take over in <0.1 s).
 #
 # ---------------------------------------------------------------------------------------
 # What RabbitMQ 3.10.8's rabbitmq_auth_backend_http sends (captured with fake-auth; all
@@ -117,8 +151,9 @@
 #  rabbit_mqtt_retained_msg_store_dets (file mqtt_retained_*.dets in the node's mnesia
 #  dir). That store is node-local, not replicated in a cluster (RabbitMQ's docs; not
 #  tested here). A retained message is delivered only to an exact-topic subscription,
-#  not to a wildcard one (tested: couriers/+/state got nothing, couriers/c9/state got it). rabbitmq_consistent_hash_exchange ships in the package
-#  (plugins dir), as do rabbitmq_management, rabbitmq_web_mqtt, rabbitmq_auth_backend_cache.
+#  not to a wildcard one (tested: couriers/+/state got nothing, couriers/c9/state got it).
+#  rabbitmq_consistent_hash_exchange ships in the package (plugins dir; enabled here), as do
+#  rabbitmq_management, rabbitmq_web_mqtt, rabbitmq_auth_backend_cache.
 # ---------------------------------------------------------------------------------------
 
 # The real scripts. NOT /usr/sbin/rabbitmq*: those Debian wrappers, when run as root,
@@ -138,12 +173,40 @@ rmq__free_port() {
 
 rmq__port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Whether process PID runs. Not `kill -0` alone: a process whose parent has gone is reparented
+# to PID 1, which on these machines reaps late, so a dead launcher or epmd stays a zombie
+# (state Z, `kill -0` succeeds) for a second or more.
+rmq__alive() {
+  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }; [[ ${stat%% *} != Z ]]
+}
+
+rmq__random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
 # Run a RabbitMQ CLI tool against the node whose state lives in DIR. env.sh sets HOME (the
 # CLI reads the Erlang cookie from $HOME/.erlang.cookie) and ERL_EPMD_PORT (the CLI finds
 # the node through the node's private epmd). Runs in a subshell so the caller's HOME stays.
 rmq__cli() {
   local dir=$1 tool=$2; shift 2
   ( . "$dir/env.sh" && cd "$dir" && "$RMQ_BIN/$tool" -n "$RABBITMQ_NODENAME" "$@" )
+}
+
+# The same, against another NODE, with DIR's cookie and epmd port (reaches it only if they
+# are the same as NODE's).
+rmq__cli_to() {
+  local dir=$1 node=$2 tool=$3; shift 3
+  ( . "$dir/env.sh" && cd "$dir" && "$RMQ_BIN/$tool" -n "$node" "$@" )
+}
+
+# A value from DIR/node.vars (the lines `start` printed, kept for kill/restart/join).
+rmq__var() { sed -n "s/^$2=//p" "$1/node.vars"; }
+
+rmq__log_tail() {
+  local dir=$1 node; node=$(rmq__var "$dir" RMQ_NODE)
+  # The first error lines carry the reason (e.g. a bad rabbitmq.conf value); the tail
+  # shows how it ended.
+  { grep -m 12 -F '[error]' "$dir/log/stdout.log"; echo ...; tail -n 15 "$dir/log/stdout.log"
+    tail -n 15 "$dir/log/$node.log"; } >&2 2>/dev/null || true
 }
 
 rmq_node_start() {
@@ -154,12 +217,20 @@ rmq_node_start() {
   local amqp_port=${RMQ_AMQP_PORT:-$(rmq__free_port)}
   local dist_port=${RMQ_DIST_PORT:-$(rmq__free_port)}
   local epmd_port=${RMQ_EPMD_PORT:-$(rmq__free_port)}
-  local timeout=${RMQ_START_TIMEOUT:-90}
   local level=${RMQ_LOG_LEVEL:-info}
+  local worker_user=${RMQ_WORKER_USER:-locus-worker}
+  local worker_pass=${RMQ_WORKER_PASS:-$(rmq__random_hex 16)}
 
   [[ -x $RMQ_BIN/rabbitmq-server && -d $RMQ_PLUGINS_DIR ]] || {
     rmq__log "rabbitmq-server not installed (apt-get install -y rabbitmq-server)"; return 1; }
   if rmq__port_open "$mqtt_port"; then rmq__log "MQTT port $mqtt_port is already in use"; return 1; fi
+  # They go verbatim into rabbitmq.conf and into amqp:// URLs: keep them to URL-safe
+  # characters, so neither needs quoting or percent-encoding.
+  local v
+  for v in "$worker_user" "$worker_pass"; do
+    [[ $v =~ ^[A-Za-z0-9._~-]+$ ]] || {
+      rmq__log "RMQ_WORKER_USER/RMQ_WORKER_PASS may only hold A-Z a-z 0-9 . _ ~ -"; return 1; }
+  done
 
   local dir; dir=$(mktemp -d "${RMQ_TMP:-${TMPDIR:-/tmp}}/locus-rmq.XXXXXX") || return 1
   # Unique per process and per call, lower case; short name @localhost (no DNS needed).
@@ -171,7 +242,7 @@ rmq_node_start() {
   # /var/lib/rabbitmq. Erlang insists on mode 400.
   # RMQ_COOKIE lets several nodes share one cookie (needed to cluster them later).
   if [[ -n ${RMQ_COOKIE:-} ]]; then printf '%s' "$RMQ_COOKIE" > "$dir/.erlang.cookie"
-  else head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/.erlang.cookie"; fi
+  else rmq__random_hex 24 > "$dir/.erlang.cookie"; fi
   chmod 400 "$dir/.erlang.cookie"
 
   # Empty env file, so /etc/rabbitmq/rabbitmq-env.conf (the system node's) is not read.
@@ -179,9 +250,11 @@ rmq_node_start() {
 
   # Plugins enabled offline: the server reads this file at boot; dependencies (amqp_client,
   # ranch, ...) come implicitly. No rabbitmq_management: no HTTP port, faster boot.
-  echo '[rabbitmq_mqtt,rabbitmq_auth_backend_http].' > "$dir/enabled_plugins"
+  # The consistent-hash exchange type (x-consistent-hash) is for cluster mode's partitions.
+  echo '[rabbitmq_mqtt,rabbitmq_auth_backend_http,rabbitmq_consistent_hash_exchange].' \
+    > "$dir/enabled_plugins"
 
-  cat > "$dir/rabbitmq.conf" <<EOF
+  cat > "$dir/rabbitmq.conf" <<CONF
 ## MQTT listener on loopback only, on the port the test chose.
 mqtt.listeners.tcp.default = 127.0.0.1:$mqtt_port
 ## Without this a client that sends no username is logged in with mqtt.default_user/pass
@@ -193,9 +266,13 @@ mqtt.exchange = amq.topic
 ## Retained messages: the default store (DETS file in the mnesia dir of this node).
 mqtt.retained_message_store = rabbit_mqtt_retained_msg_store_dets
 
-## All authentication AND authorisation decisions go to our HTTP server (no internal DB
-## users: the built-in guest user is not accepted).
-auth_backends.1 = http
+## Authentication: first the internal user database, which holds ONE user, the locusd
+## workers' AMQP user below (no guest: default_user replaces it); every other name (the
+## devices, over MQTT) falls through to our HTTP server. A user is then authorised by the
+## backend that authenticated it: the worker by its internal permissions, devices by HTTP.
+## guest/guest is refused by internal (no such user) and then asked of the HTTP backend.
+auth_backends.1 = internal
+auth_backends.2 = http
 ## POST sends the fields as an application/x-www-form-urlencoded body (GET: query string).
 auth_http.http_method = post
 auth_http.user_path = $auth_url/user
@@ -203,22 +280,35 @@ auth_http.vhost_path = $auth_url/vhost
 auth_http.resource_path = $auth_url/resource
 auth_http.topic_path = $auth_url/topic
 
+## Created when the node boots with an empty database (a node that joins a cluster later
+## takes the cluster's users instead, so clustered nodes should share RMQ_WORKER_PASS).
+## Note: this user may also log in over MQTT (internal is asked first), with every right:
+## keep its password as secret as the token key.
+default_vhost = /
+default_user = $worker_user
+default_pass = $worker_pass
+default_user_tags.administrator = true
+default_permissions.configure = .*
+default_permissions.read = .*
+default_permissions.write = .*
+
 log.file.level = $level
 log.console = false
-EOF
+CONF
 
   # Everything the server and the CLI need, kept in the dir so `stop NODE DIR` and `ctl`
   # can find the node again from another process.
-  cat > "$dir/env.sh" <<EOF
+  cat > "$dir/env.sh" <<ENV
 export HOME='$dir'
 export RABBITMQ_NODENAME='$node'
-# AMQP 0-9-1 listener (kept for cluster-mode work later), loopback only.
+# AMQP 0-9-1 listener (locusd workers in cluster mode), loopback only.
 export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
 export RABBITMQ_NODE_PORT=$amqp_port
 # Erlang distribution port (default would be AMQP port + 20000; pick a free one instead).
 export RABBITMQ_DIST_PORT=$dist_port
-# A private epmd per node: no shared state with any other node or test on 4369, and it can
-# be killed when the node stops. The node starts it itself (epmd -daemon) on this port.
+# epmd on this port: private to the node unless RMQ_EPMD_PORT was given (clustered nodes on
+# one host share one). The first node to boot starts it (epmd -daemon, outside our process
+# group); later nodes and the CLI register with the running one.
 export ERL_EPMD_PORT=$epmd_port
 export ERL_EPMD_ADDRESS=127.0.0.1
 export RABBITMQ_CONF_ENV_FILE='$dir/rabbitmq-env.conf'
@@ -233,45 +323,64 @@ export RABBITMQ_LOG_BASE='$dir/log'
 export RABBITMQ_PID_FILE='$dir/rabbitmq.pid'
 # Bind the distribution listener to loopback too (default is all interfaces).
 export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
-EOF
+ENV
+
+  # What `start` prints, kept for kill, restart and join (and for cluster.sh).
+  cat > "$dir/node.vars" <<VARS
+RMQ_NODE=$node
+RMQ_DIR=$dir
+RMQ_MQTT_PORT=$mqtt_port
+RMQ_AMQP_PORT=$amqp_port
+RMQ_EPMD_PORT=$epmd_port
+RMQ_WORKER_USER=$worker_user
+RMQ_WORKER_PASS=$worker_pass
+VARS
 
   local t0; t0=$(date +%s.%N)
+  if ! rmq__launch "$dir"; then
+    rmq_node_stop "$node" "$dir" >&2 || true
+    return 1
+  fi
+  cat "$dir/node.vars"
+  echo "RMQ_START_SECONDS=$(rmq__since "$t0")"
+}
+
+rmq__since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+
+# Starts the node of DIR (made by rmq_node_start; fresh or after `kill`) and waits until it
+# is ready. On failure prints the log tail and returns 1, leaving the process to the caller.
+rmq__launch() {
+  local dir=$1
   (
     cd "$dir"
     . "$dir/env.sh"
     # Foreground mode of the real script (not -detached): it runs beam as its child and
     # turns SIGTERM into a graceful stop. setsid makes it a process-group leader, so stop
     # can TERM/KILL the whole group (beam, erl_child_setup, inet_gethost) by its id.
-    setsid "$RMQ_BIN/rabbitmq-server" > "$dir/log/stdout.log" 2>&1 < /dev/null &
+    setsid "$RMQ_BIN/rabbitmq-server" >> "$dir/log/stdout.log" 2>&1 < /dev/null &
     echo $! > "$dir/launcher.pid"
   )
+  rmq__await "$dir" "$(cat "$dir/launcher.pid")"
+}
 
-  # Wait: poll the MQTT port (costs nothing) while the launcher is alive, then one
-  # `await_startup` to be sure the whole boot sequence is done (the listener opens late,
-  # so this returns immediately in practice).
-  local deadline=$((SECONDS + timeout)) lpid; lpid=$(cat "$dir/launcher.pid")
+# Waits for the node of DIR to be ready: polls the MQTT port (costs nothing) while the
+# launcher LPID is alive, then one `await_startup` to be sure the whole boot sequence is
+# done (the listener opens late, so this returns immediately in practice).
+rmq__await() {
+  local dir=$1 lpid=$2 timeout=${RMQ_START_TIMEOUT:-90}
+  local node mqtt_port; node=$(rmq__var "$dir" RMQ_NODE); mqtt_port=$(rmq__var "$dir" RMQ_MQTT_PORT)
+  local deadline=$((SECONDS + timeout))
   until rmq__port_open "$mqtt_port"; do
-    if ! kill -0 "$lpid" 2>/dev/null || (( SECONDS >= deadline )); then
+    if ! rmq__alive "$lpid" || (( SECONDS >= deadline )); then
       rmq__log "node $node did not open MQTT port $mqtt_port (log follows)"
-      # The first error lines carry the reason (e.g. a bad rabbitmq.conf value); the tail
-      # shows how it ended.
-      { grep -m 12 -F '[error]' "$dir/log/stdout.log"; echo ...; tail -n 15 "$dir/log/stdout.log"
-        tail -n 15 "$dir/log/$node.log"; } >&2 2>/dev/null || true
-      rmq_node_stop "$node" "$dir" >&2 || true
+      rmq__log_tail "$dir"
       return 1
     fi
     sleep 0.2
   done
   if ! rmq__cli "$dir" rabbitmqctl -q await_startup --timeout "$timeout" >/dev/null; then
-    rmq__log "await_startup failed for $node"; rmq_node_stop "$node" "$dir" >&2 || true; return 1
+    rmq__log "await_startup failed for $node"; rmq__log_tail "$dir"; return 1
   fi
-  local secs; secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
-
-  echo "RMQ_NODE=$node"
-  echo "RMQ_DIR=$dir"
-  echo "RMQ_MQTT_PORT=$mqtt_port"
-  echo "RMQ_AMQP_PORT=$amqp_port"
-  echo "RMQ_START_SECONDS=$secs"
 }
 
 rmq_node_stop() {
@@ -283,7 +392,7 @@ rmq_node_stop() {
   local epmd_port; epmd_port=$(sed -n 's/^export ERL_EPMD_PORT=//p' "$dir/env.sh")
   local lpid=""; [[ -f $dir/launcher.pid ]] && lpid=$(cat "$dir/launcher.pid")
 
-  if [[ -n $lpid ]] && kill -0 "$lpid" 2>/dev/null; then
+  if [[ -n $lpid ]] && rmq__alive "$lpid"; then
     # Graceful: stop the node; with the pid file argument rabbitmqctl also waits until the
     # OS process is gone. Bounded (RMQ_STOP_TIMEOUT, default 20 s), because a wedged node
     # must not hang the test run: a CLI that cannot authenticate (wrong cookie) was seen to
@@ -296,19 +405,72 @@ rmq_node_stop() {
       timeout "${RMQ_STOP_TIMEOUT:-20}" bash -c '. "$1/env.sh"; cd "$1"; exec "$2/rabbitmqctl" -q -n "$3" stop' \
         _ "$dir" "$RMQ_BIN" "$node" >/dev/null 2>&1 || true
     fi
-    local i
-    for i in $(seq 1 50); do kill -0 "$lpid" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 1 50); do rmq__alive "$lpid" || break; sleep 0.2; done
     # Still there: SIGTERM the group (the launcher turns it into a graceful stop), then KILL.
-    if kill -0 "$lpid" 2>/dev/null; then
+    if rmq__alive "$lpid"; then
       rmq__log "graceful stop of $node failed; sending TERM to process group $lpid"
       kill -TERM -- "-$lpid" 2>/dev/null || true
-      for i in $(seq 1 50); do kill -0 "$lpid" 2>/dev/null || break; sleep 0.2; done
+      for _ in $(seq 1 50); do rmq__alive "$lpid" || break; sleep 0.2; done
       kill -KILL -- "-$lpid" 2>/dev/null || true
     fi
   fi
-  # The private epmd daemonised itself out of our process group; ask it to exit.
+  # The epmd daemonised itself out of our process group; ask it to exit. epmd refuses
+  # (`Killing not allowed - living nodes in database`) while any node is registered with
+  # it, so on a shared epmd port this ends epmd only when the last node stops (a CLI call
+  # registered at that moment also keeps it alive: cluster.sh kills it again at the end).
   [[ -n $epmd_port ]] && epmd -port "$epmd_port" -kill >/dev/null 2>&1 || true
   rm -rf -- "$dir"
+}
+
+# kill -9 of the node's whole process group (launcher, beam, erl_child_setup); DIR stays,
+# so `restart DIR` brings the same node back (same name, ports and data; a clustered node
+# rejoins its cluster by itself). epmd (not in the group) stays.
+rmq_node_kill() {
+  local node=${1:?usage: kill NODE DIR} dir=${2:?usage: kill NODE DIR}
+  [[ -f $dir/.locus-rmq-node && -f $dir/node.vars ]] || { rmq__log "$dir: no node made by this script"; return 1; }
+  [[ $(rmq__var "$dir" RMQ_NODE) == "$node" ]] || { rmq__log "$dir holds $(rmq__var "$dir" RMQ_NODE), not $node"; return 1; }
+  local lpid; lpid=$(cat "$dir/launcher.pid" 2>/dev/null) || return 0
+  kill -KILL -- "-$lpid" 2>/dev/null || true
+  for _ in $(seq 1 50); do rmq__alive "$lpid" || return 0; sleep 0.1; done
+  rmq__log "process group $lpid of $node still alive after kill -9"; return 1
+}
+
+rmq_node_restart() {
+  local dir=${1:?usage: restart DIR}
+  [[ -f $dir/.locus-rmq-node && -f $dir/node.vars ]] || { rmq__log "$dir: no node made by this script"; return 1; }
+  local lpid; lpid=$(cat "$dir/launcher.pid" 2>/dev/null || true)
+  if [[ -n $lpid ]] && rmq__alive "$lpid"; then
+    rmq__log "$(rmq__var "$dir" RMQ_NODE) is running (launcher $lpid)"; return 1
+  fi
+  local t0; t0=$(date +%s.%N)
+  rmq__launch "$dir" || return 1
+  cat "$dir/node.vars"
+  echo "RMQ_START_SECONDS=$(rmq__since "$t0")"
+}
+
+# Makes the running node of DIR a member of SEED's cluster: stop_app, reset (drops this
+# node's own users, queues, ...: it takes the cluster's), join_cluster, start_app, then
+# waits as `start` does. Both nodes need the same cookie (RMQ_COOKIE) and the same epmd
+# port (RMQ_EPMD_PORT) — checked first with a ping of SEED from DIR's settings.
+rmq_node_join() {
+  local dir=${1:?usage: join DIR SEED_NODE} seed=${2:?usage: join DIR SEED_NODE}
+  [[ -f $dir/.locus-rmq-node && -f $dir/node.vars ]] || { rmq__log "$dir: no node made by this script"; return 1; }
+  local node; node=$(rmq__var "$dir" RMQ_NODE)
+  if ! rmq__cli_to "$dir" "$seed" rabbitmqctl -q --timeout 15 ping >/dev/null 2>&1; then
+    rmq__log "$node cannot reach $seed: same RMQ_COOKIE and RMQ_EPMD_PORT? is it running?"
+    return 1
+  fi
+  local t0; t0=$(date +%s.%N)
+  # The CLI prints harmless feature-flag warnings and "[error] Failed to create a tracked
+  # connection table ... node_not_running" lines while joining: kept in log/join.log.
+  { rmq__cli "$dir" rabbitmqctl -q stop_app &&
+      rmq__cli "$dir" rabbitmqctl -q reset &&
+      rmq__cli "$dir" rabbitmqctl -q join_cluster "$seed" &&
+      rmq__cli "$dir" rabbitmqctl -q start_app; } >> "$dir/log/join.log" 2>&1 || {
+    rmq__log "joining $node to $seed failed (log/join.log follows)"
+    tail -n 20 "$dir/log/join.log" >&2; rmq__log_tail "$dir"; return 1; }
+  rmq__await "$dir" "$(cat "$dir/launcher.pid")" || return 1
+  echo "RMQ_JOIN_SECONDS=$(rmq__since "$t0")"
 }
 
 rmq_fake_auth() {
@@ -369,6 +531,9 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   case $cmd in
     start) rmq_node_start "$@" ;;
     stop) rmq_node_stop "$@" ;;
+    kill) rmq_node_kill "$@" ;;
+    restart) rmq_node_restart "$@" ;;
+    join) rmq_node_join "$@" ;;
     ctl) d=${1:?usage: ctl DIR args...}; shift; rmq__cli "$d" rabbitmqctl "$@" ;;
     diag) d=${1:?usage: diag DIR args...}; shift; rmq__cli "$d" rabbitmq-diagnostics "$@" ;;
     fake-auth) rmq_fake_auth "$@" ;;

@@ -16,6 +16,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Accept MQTT clients and API calls without credentials. Development only.
     pub allow_anonymous: bool,
+    /// Which broker devices connect to: the embedded one (`[mqtt]`) or a RabbitMQ cluster.
+    pub broker: crate::cluster::BrokerConfig,
     /// The embedded MQTT broker.
     pub mqtt: MqttConfig,
     /// The HTTP API.
@@ -48,6 +50,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./locus-data"),
             allow_anonymous: false,
+            broker: crate::cluster::BrokerConfig::default(),
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
             tls: None,
@@ -148,6 +151,7 @@ impl Config {
         self.check_listeners()?;
         self.notify.check().map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         crate::edges::check(&self.edges).map_err(ConfigError::Inconsistent)?;
+        self.broker.check(self.influx.is_some()).map_err(ConfigError::Inconsistent)?;
         Ok(())
     }
 
@@ -288,6 +292,31 @@ mod tests {
         assert!(err.contains("pipeline.max_fixes_per_report"), "{err}");
         let raised = "[mqtt]\nmax_payload_bytes = 262144\n[pipeline]\nmax_fixes_per_report = 1000\nmax_report_bytes = 200000\n";
         Config::from_toml(raised).unwrap();
+    }
+
+    #[test]
+    fn a_rabbitmq_broker_needs_its_urls_and_influxdb_and_says_so() {
+        let err = Config::from_toml("[broker]\nmode = \"rabbitmq\"\n").unwrap_err().to_string();
+        assert!(err.contains("[broker.rabbitmq]"), "{err}");
+        let rabbit = "[broker]\nmode = \"rabbitmq\"\n[broker.rabbitmq]\n";
+        let urls = "amqp_urls = [\"amqp://w:p@127.0.0.1:5672/%2f\"]\n";
+        let err = Config::from_toml(&format!("{rabbit}{urls}")).unwrap_err().to_string();
+        assert!(err.contains("needs [influx]"), "{err}");
+        let influx = "[influx]\nurl = \"http://127.0.0.1:8086\"\n";
+        let config = Config::from_toml(&format!("{rabbit}{urls}{influx}")).unwrap();
+        let rabbit_config = config.broker.rabbitmq.as_ref().unwrap();
+        assert_eq!((rabbit_config.partitions, rabbit_config.workers), (8, 1));
+        assert!(!format!("{config:?}").contains("w:p@"), "the password is not logged");
+        let bad = [
+            ("amqp_urls = []\n", "amqp_urls is empty"),
+            ("amqp_urls = [\"http//x\"]\n", "is not an AMQP URL"),
+            (&format!("{urls}workers = 2\nworker_index = 2\n"), "worker_index (2)"),
+            (&format!("{urls}log_max_age = \"a week\"\n"), "log_max_age"),
+        ];
+        for (keys, message) in bad {
+            let err = Config::from_toml(&format!("{rabbit}{keys}{influx}")).unwrap_err().to_string();
+            assert!(err.contains(message), "{keys}: {err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   pipeline reads reports from and publishes acks to.
 //! - [`pipeline`]: decode → validate → dedup (per-courier seq) → plugin chain → commit batch →
 //!   flush → ack. Bad input becomes dead letters, never a panic.
+//! - [`cluster`]: cluster mode (`[broker] mode = "rabbitmq"`): reports from a RabbitMQ
+//!   cluster's partition queues instead of the embedded broker; acks back through it.
 //! - [`edges`]: edge components (`edge/`): which couriers each may post fixes for, and the
 //!   check of its HTTP clients' tokens; their batches enter the pipeline beside reports.
 //! - [`plugins`]: the WebAssembly plugin host.
@@ -29,6 +31,7 @@ extern crate self as locus_broker;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod edges;
 pub mod influx;

@@ -12,6 +12,7 @@
 
 use crate::api::{self, ApiState, HealthProbe};
 use crate::auth::TokenAuthority;
+use crate::cluster::BrokerMode;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Intake, PipelineHandle};
@@ -48,12 +49,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let mut health: Vec<HealthProbe> = Vec::new();
     let (stop_shipper, mut shipper_stopped) = tokio::sync::watch::channel(false);
     let mut shipper = None;
+    let mut outbox = None;
     if let Some(influx_config) = &config.influx {
         let stopped = async move {
             let _ = shipper_stopped.changed().await;
         };
         let started = influx::start(influx_config, &store, &metrics, stopped)
             .context("configuring the InfluxDB shipper ([influx])")?;
+        outbox = Some(started.outbox.clone());
         intake = intake.with_influx_outbox(started.outbox);
         let handle = started.health;
         health.push(Arc::new(move || {
@@ -83,15 +86,38 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         let policy = mqtt::policy::TopicPolicy::new(order_gate.clone(), edges.clone());
         Arc::new(mqtt::external_auth::ExternalAuth::new(auth.clone(), policy, metrics.clone()))
     });
-    let link = mqtt::start(
-        &config.mqtt,
-        config.tls.as_ref(),
-        auth.clone(),
-        order_gate,
-        edges,
-        metrics.clone(),
-    )?;
-    let mut pipeline = PipelineHandle::start(intake, link)?;
+    let (stop_cluster, cluster_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut cluster = None;
+    let mut pipeline = match (config.broker.mode, &config.broker.rabbitmq, &config.influx) {
+        (BrokerMode::Rabbitmq, Some(rabbit), Some(influx_config)) => {
+            // Devices connect to RabbitMQ: no MQTT listener here.
+            drop((order_gate, edges, outbox));
+            let records = influx::ack_records::AckRecords::new(influx_config)
+                .context("configuring the ack records in InfluxDB ([influx])")?;
+            let stopped = async move {
+                let _ = cluster_stopped.await;
+            };
+            let worker_id = crate::cluster::worker_id(&config.data_dir)
+                .with_context(|| format!("keeping a worker id in {}", config.data_dir.display()))?;
+            let records = Arc::new(records);
+            let started =
+                crate::cluster::rabbitmq::start(rabbit, worker_id, records, store.clone(), stopped)
+                    .map_err(anyhow::Error::msg)?;
+            cluster = Some(started.task);
+            PipelineHandle::start_external(intake, started.broker)?
+        }
+        _ => {
+            let link = mqtt::start(
+                &config.mqtt,
+                config.tls.as_ref(),
+                auth.clone(),
+                order_gate,
+                edges,
+                metrics.clone(),
+            )?;
+            PipelineHandle::start(intake, link)?
+        }
+    };
     let pipeline_ended = pipeline.ended();
 
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
@@ -117,11 +143,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         let _ = api_stopped.await;
     })
     .await?;
+    let embedded = config.broker.mode == BrokerMode::Embedded;
     tracing::info!(
-        mqtt = ?config.mqtt.listen,
-        mqtt5 = ?config.mqtt.listen_v5,
-        mqtt_tls = ?config.mqtt.tls_listen,
-        mqtt5_tls = ?config.mqtt.tls_listen_v5,
+        broker = ?config.broker.mode,
+        mqtt = ?config.mqtt.listen.filter(|_| embedded),
+        mqtt5 = ?config.mqtt.listen_v5.filter(|_| embedded),
+        mqtt_tls = ?config.mqtt.tls_listen.filter(|_| embedded),
+        mqtt5_tls = ?config.mqtt.tls_listen_v5.filter(|_| embedded),
         http = ?config.http.listen,
         https = ?config.http.tls_listen,
         data_dir = %config.data_dir.display(),
@@ -146,6 +174,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     // A delivery cut off here is attempted again at the next start (at least once).
     notifier.abort();
     tokio::task::spawn_blocking(move || pipeline.shutdown()).await?;
+    // After the pipeline: its last acks and settles go out through the connection first.
+    let _ = stop_cluster.send(());
+    if let Some(task) = cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     store.flush().context("final flush")?;
     tokio::task::spawn_blocking(move || checkpointer.stop()).await?;
     if let Some(task) = shipper {

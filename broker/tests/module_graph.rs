@@ -6,7 +6,7 @@
 //! - `cli` (the commands), `serve` (starts every part) and `config` (gathers every part's
 //!   section) sit on top and may use any part;
 //! - a part (`mqtt`, `pipeline`, `plugins`, `store`, `influx`, `api`, `auth`, `tls`,
-//!   `metrics`, `listener`, `orders`, `notify`) never uses `cli`, `serve` or `config`: its settings type lives
+//!   `metrics`, `listener`, `orders`, `notify`, `cluster`) never uses `cli`, `serve` or `config`: its settings type lives
 //!   next to it;
 //! - no module reaches itself through others.
 
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 const TOP: &[&str] = &["cli", "serve", "config"];
 const PARTS: &[&str] = &[
     "mqtt", "pipeline", "plugins", "store", "influx", "api", "auth", "tls", "metrics", "listener",
-    "orders", "notify",
+    "orders", "notify", "cluster",
 ];
 
 fn sources(src: &Path, module: &str) -> Vec<PathBuf> {

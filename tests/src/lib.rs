@@ -7,6 +7,7 @@
 //! - [`TestCourier`]: a rumqttc connection that publishes reports and waits for acks.
 //! - [`locusd`]: the path of the binary, built on first use.
 //! - [`influxd`]: a real InfluxDB 1.x server on free ports.
+//! - [`rabbitmq::RabbitNode`]: a throwaway RabbitMQ node (`scripts/rabbitmq-node.sh`).
 //! - [`free_port`]: the one port picker (outside the ephemeral range: see [`ports`]).
 //! - [`plugin_components::component`]: a component of `plugins/`, built on first use.
 //! - [`edge_host::EdgeHost`]: the edge component (`edge/`) served over HTTP by wasmtime, in place
@@ -49,6 +50,7 @@ pub fn locusd() -> &'static Path {
 pub mod edge_host;
 pub mod plugin_components;
 pub mod ports;
+pub mod rabbitmq;
 pub use ports::free_port;
 
 pub use locus_sdk::wire::now_ms;
@@ -153,8 +155,9 @@ impl LocusServer {
             dir,
             starts: 0,
         };
-        server.admin_token = server.token_command(&["admin"]);
+        // The data dir first: it may bring its own token secret.
         prepare(&server.data_dir());
+        server.admin_token = server.token_command(&["admin"]);
         server.launch();
         server
     }

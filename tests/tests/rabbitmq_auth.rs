@@ -5,54 +5,9 @@
 //! cannot connect; nobody writes acks. One RabbitMQ node for the whole file: it takes 10-15 s
 //! to start (`scripts/rabbitmq-node.sh`).
 
+use locus_tests::rabbitmq::RabbitNode;
 use locus_tests::{wait_for, LocusServer};
-use std::path::PathBuf;
 use std::process::{Command, Output};
-
-/// A throwaway RabbitMQ node started by `scripts/rabbitmq-node.sh`; stopped on drop.
-struct RabbitNode {
-    node: String,
-    dir: String,
-    mqtt_port: u16,
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-node.sh"))
-}
-
-impl RabbitNode {
-    /// Starts a node whose auth backend is `auth_url` (its `user`, `vhost`, ... paths).
-    fn start(auth_url: &str) -> RabbitNode {
-        let output = Command::new(script())
-            .args(["start", "0", auth_url])
-            .output()
-            .expect("running scripts/rabbitmq-node.sh");
-        assert!(
-            output.status.success(),
-            "RabbitMQ did not start (scripts/test.sh installs rabbitmq-server): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let text = String::from_utf8(output.stdout).expect("utf-8");
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name} in {text}"))
-                .trim_matches(['\'', '"'])
-                .to_owned()
-        };
-        RabbitNode {
-            node: value("RMQ_NODE"),
-            dir: value("RMQ_DIR"),
-            mqtt_port: value("RMQ_MQTT_PORT").parse().expect("a port"),
-        }
-    }
-}
-
-impl Drop for RabbitNode {
-    fn drop(&mut self) {
-        let _ = Command::new(script()).args(["stop", &self.node, &self.dir]).output();
-    }
-}
 
 /// `mosquitto_pub` of one QoS 1 message as `user`/`client` with `token` on the node.
 fn publish(node: &RabbitNode, client: &str, user: &str, token: &str, topic: &str) -> Output {
@@ -77,7 +32,7 @@ fn subscribe(node: &RabbitNode, client: &str, token: &str, filter: &str) -> Outp
 #[test]
 fn rabbitmq_enforces_the_same_policy_as_the_embedded_broker() {
     let server = LocusServer::start_with(false, Some("[http]\nrabbitmq_auth_backend = true\n"));
-    let node = RabbitNode::start(&format!("http://{}/rabbitmq/auth", server.http));
+    let node = RabbitNode::start(&format!("http://{}/rabbitmq/auth", server.http), &[]);
     let (c1, c2) = (server.issue_token("c1"), server.issue_token("c2"));
     let denied =
         |action: &str| server.metric(&format!("locus_mqtt_denied_total{{action=\"{action}\"}}"));

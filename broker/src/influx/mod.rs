@@ -13,13 +13,16 @@
 //!   for acks);
 //! - [`shipper`]: batching, retries with back-off, bisection of refused batches, shutdown;
 //! - [`writer`]: one HTTP write request and what its answer means;
-//! - [`metrics`]: Prometheus metrics and `/healthz` state.
+//! - [`metrics`]: Prometheus metrics and `/healthz` state;
+//! - [`ack_records`]: in cluster mode, each courier's committed seqs, written before its ack
+//!   and read back by a worker that takes over a partition.
 //!
 //! Wiring: [`start`] is the one place that puts these together — it opens the [`Outbox`],
 //! registers [`InfluxMetrics`], gives the [`Shipper`] a [`DeadLetterSink`] into the store, and
 //! spawns [`Shipper::run`]; the intake gets the outbox through `Intake::with_influx_outbox` and
 //! takes no reports while it is full.
 
+pub mod ack_records;
 pub mod config;
 pub mod line_protocol;
 pub mod metrics;

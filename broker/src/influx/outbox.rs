@@ -63,6 +63,9 @@ struct Inner {
     batch_lines: u64,
     /// Wakes the shipper when a full batch is waiting.
     batch_ready: Notify,
+    /// Set when someone waits for what is in the outbox (acks in cluster mode): the shipper
+    /// sends what it has without waiting for a full batch or its interval.
+    urgent: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
@@ -82,6 +85,7 @@ impl Outbox {
                 max_fixes: config.max_outbox_fixes,
                 batch_lines: config.batch_lines as u64,
                 batch_ready: Notify::new(),
+                urgent: false.into(),
             }),
         }
     }
@@ -91,6 +95,18 @@ impl Outbox {
         if self.depth() >= self.inner.batch_lines {
             self.inner.batch_ready.notify_one();
         }
+    }
+
+    /// Asks the shipper to send what is waiting now, not at its next interval: something
+    /// waits for it (in cluster mode, acks are sent only once their fixes are in InfluxDB).
+    pub fn ship_now(&self) {
+        self.inner.urgent.store(true, std::sync::atomic::Ordering::Release);
+        self.inner.batch_ready.notify_one();
+    }
+
+    /// Whether [`Outbox::ship_now`] was asked since the last call.
+    pub(crate) fn take_urgent(&self) -> bool {
+        self.inner.urgent.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Fixes (lines) waiting.
@@ -117,6 +133,7 @@ impl Outbox {
                 lines_of(lines).next().and_then(line_protocol::received_ms_of_line)
             }
             LogEntry::Orders(record) => Some(record.received_ms),
+            LogEntry::Replica(record) => Some(record.received_ms),
         }))
     }
 
@@ -146,8 +163,9 @@ impl Outbox {
                     value.into_bytes()
                 }
                 LogEntry::LegacyLines(lines) => lines,
-                // Order events are not time series: nothing to ship.
-                LogEntry::Orders(_) => Vec::new(),
+                // Order events are not time series, and another worker ships its own
+                // commits: nothing to ship.
+                LogEntry::Orders(_) | LogEntry::Replica(_) => Vec::new(),
             };
             if lines == 0 {
                 empty.push((id, 0));

@@ -139,7 +139,8 @@ impl Shipper {
             };
             let lines: u64 = batch.iter().map(|entry| entry.lines).sum();
             let full = lines >= self.batch_lines as u64;
-            if !batch.is_empty() && (full || Instant::now() >= next_flush) {
+            let urgent = !batch.is_empty() && self.outbox.take_urgent();
+            if !batch.is_empty() && (full || urgent || Instant::now() >= next_flush) {
                 cursor = batch.last().map(|entry| entry.key.clone());
                 let shipper = Arc::clone(self);
                 in_flight.spawn(async move { shipper.ship(batch).await });

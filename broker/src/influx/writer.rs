@@ -106,6 +106,12 @@ impl Writer {
         &self.endpoint
     }
 
+    /// The HTTP client and the `Authorization` header the writes use, for other requests to
+    /// the same InfluxDB.
+    pub(crate) fn client(&self) -> (&reqwest::Client, Option<&HeaderValue>) {
+        (&self.client, self.authorization.as_ref())
+    }
+
     /// Sends one body made by [`encode_body`].
     pub(crate) async fn write(&self, body: Bytes) -> Outcome {
         let mut request = self

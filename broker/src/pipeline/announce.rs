@@ -24,10 +24,19 @@ use rumqttd::protocol::{Packet, Publish};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Publishes into the embedded broker through the pipeline's local link.
+/// Where announcements go: the embedded broker's local link, or an external broker.
+#[allow(missing_debug_implementations)] // rumqttd's LinkTx is not Debug
+pub(super) enum Outlet {
+    /// The embedded broker (retained messages kept in its memory).
+    Embedded(LinkTx),
+    /// A broker outside locusd (cluster mode).
+    External(Box<dyn super::external::Outlet>),
+}
+
+/// Publishes acks, order announcements and the fix stream.
 #[allow(missing_debug_implementations)] // rumqttd's LinkTx is not Debug
 pub(super) struct Announcer {
-    tx: LinkTx,
+    tx: Outlet,
     store: Store,
     location_interval: Duration,
     /// When each order's location was last published.
@@ -37,10 +46,24 @@ pub(super) struct Announcer {
 }
 
 /// The link to the broker is gone.
-pub(super) type LinkLost = Box<LinkError>;
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct LinkLost(String);
+
+impl From<LinkError> for LinkLost {
+    fn from(e: LinkError) -> Self {
+        LinkLost(e.to_string())
+    }
+}
+
+impl From<super::external::OutletError> for LinkLost {
+    fn from(e: super::external::OutletError) -> Self {
+        LinkLost(e.0)
+    }
+}
 
 impl Announcer {
-    pub(super) fn new(tx: LinkTx, store: Store, location_interval: Duration) -> Announcer {
+    pub(super) fn new(tx: Outlet, store: Store, location_interval: Duration) -> Announcer {
         Announcer {
             tx,
             store,
@@ -142,18 +165,30 @@ impl Announcer {
         Ok(())
     }
 
+    /// The external broker, when there is one: acks then wait for the shared record.
+    pub(super) fn external(&mut self) -> Option<&mut dyn super::external::Outlet> {
+        match &mut self.tx {
+            Outlet::Embedded(_) => None,
+            Outlet::External(outlet) => Some(outlet.as_mut()),
+        }
+    }
+
     fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) -> Result<(), LinkLost> {
+        let tx = match &mut self.tx {
+            Outlet::Embedded(tx) => tx,
+            Outlet::External(outlet) => return Ok(outlet.publish(&topic, payload, retain)?),
+        };
         let publish = Publish::new(Bytes::from(topic), Bytes::from(payload), retain);
         // `LinkTx::send` is async only in signature: it locks a buffer and sends on a channel.
         // Driving it with a no-op waker keeps this thread free of a runtime.
-        let mut future = std::pin::pin!(self.tx.send(Packet::Publish(publish, None)));
+        let mut future = std::pin::pin!(tx.send(Packet::Publish(publish, None)));
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         loop {
             if let std::task::Poll::Ready(result) =
                 std::future::Future::poll(future.as_mut(), &mut cx)
             {
-                return result.map(|_| ()).map_err(Box::new);
+                return result.map(|_| ()).map_err(LinkLost::from);
             }
             std::thread::yield_now();
         }

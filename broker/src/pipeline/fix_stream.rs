@@ -51,7 +51,7 @@ impl StreamBatch {
 
     /// The messages, `(topic, JSON)`, one per courier with fixes, in the order couriers first
     /// appear in the commit.
-    pub(super) fn messages(self) -> Vec<(String, Vec<u8>)> {
+    pub(super) fn messages(&self) -> Vec<(String, Vec<u8>)> {
         let mut by_courier: Vec<Vec<FixFields>> =
             self.couriers.iter().map(|_| Vec::new()).collect();
         for logged in &self.fixes {

@@ -24,11 +24,16 @@
 mod announce;
 pub mod config;
 mod edge_batches;
+mod external;
 mod fix_stream;
 mod order_desk;
 pub mod validate;
 
 pub use config::PipelineConfig;
+pub use external::{
+    Delivery, DeliveryKind, ExternalBroker, Outlet as ExternalOutlet, OutletError, Settle,
+    REPLICA_PROGRESS_KEY,
+};
 pub use order_desk::{OrderAnswer, OrderChange, OrderDesk, OrderRefused};
 pub use validate::{FixProblem, ReportProblem};
 
@@ -125,7 +130,14 @@ struct PendingAcks {
     first_received: Option<Instant>,
     reports: u64,
     fixes: u64,
-    acks: HashMap<String, u64>,
+    /// Each courier's committed seqs as of this commit (an ack carries the watermark).
+    acks: HashMap<String, SeqWindow>,
+    /// Its last log entry, when it wrote any.
+    log_through: Option<u64>,
+    /// What to settle with an external broker once it is acked.
+    settles: Vec<Settle>,
+    /// Its log entries, encoded, for the other workers (cluster mode; empty otherwise).
+    replicate: Vec<Vec<u8>>,
     /// Answers to order events from the API.
     order_answers: order_desk::OwedAnswers,
     /// Orders its events changed: their statuses are published.
@@ -164,6 +176,8 @@ pub struct Intake {
     notifier: Option<(crate::notify::Rules, Arc<crate::notify::Deliveries>)>,
     /// Who may post through edges (`[edges]`); `None`: every edge batch is refused.
     edges: Option<crate::edges::EdgeRules>,
+    /// Whether its commits are shared with other workers (cluster mode).
+    replicate: bool,
 }
 
 /// Notifications staged for a commit: the records for the store's notifications tree (key,
@@ -175,7 +189,7 @@ type Staged = (Vec<(Vec<u8>, Vec<u8>)>, Option<u64>);
 pub struct BuiltBatch {
     /// The changes to write.
     pub commit: Commit,
-    acks: HashMap<String, u64>,
+    acks: HashMap<String, SeqWindow>,
     reports: u64,
     fixes: u64,
     /// What its order events changed.
@@ -221,6 +235,7 @@ impl Intake {
             location_interval,
             notifier: None,
             edges: None,
+            replicate: false,
         }
     }
 
@@ -263,14 +278,23 @@ impl Intake {
         let (notifications, notifications_through) =
             self.stage_notifications(&book.changes, received_ms);
         let commit = Commit { orders: book.record, notifications, ..Commit::default() };
-        if let Err(e) = self.commit(commit) {
-            tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
-            for (answer, _) in order_answers.drain(..) {
-                let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
+        let replicate = match self.replicate {
+            true => crate::store::encode_for_replicas(&commit),
+            false => Vec::new(),
+        };
+        let committed = match self.commit(commit) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
+                for (answer, _) in order_answers.drain(..) {
+                    let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
+                }
+                return None;
             }
-            return None;
-        }
+        };
         Some(PendingAcks {
+            log_through: committed.log_through,
+            replicate,
             order_answers,
             order_changes: book.changes,
             notifications_through,
@@ -419,15 +443,16 @@ impl Intake {
         let state = self.courier(building, courier);
         let take = state.seqs.take(seq);
         let watermark = state.seqs.watermark();
+        let window = state.seqs.clone();
         match take {
             SeqTake::Fresh => {
                 building.record.report(courier, seq);
-                building.out.acks.insert(courier.to_owned(), watermark);
+                building.out.acks.insert(courier.to_owned(), window);
                 true
             }
             SeqTake::Duplicate => {
                 self.metrics.duplicate_reports.inc();
-                building.out.acks.insert(courier.to_owned(), watermark);
+                building.out.acks.insert(courier.to_owned(), window);
                 false
             }
             SeqTake::TooManyGaps => {
@@ -442,6 +467,51 @@ impl Intake {
                 false
             }
         }
+    }
+
+    /// Applies log entries other workers committed and acked (cluster mode), each as a replica
+    /// commit of its own (it keeps its receive time) holding the stream offset it came at. A
+    /// seq this worker already holds and a fix it already has (same courier and device time)
+    /// are left out: after a takeover, two workers may each have stored a report once.
+    fn apply_replicas(&mut self, replicas: &[(Bytes, u64)]) -> Result<Option<u64>, StoreError> {
+        let mut through = None;
+        for (bytes, offset) in replicas {
+            let progress = Some((REPLICA_PROGRESS_KEY.to_vec(), offset.to_be_bytes().to_vec()));
+            let commit = match crate::store::LogEntry::decode(bytes) {
+                Ok(crate::store::LogEntry::Commit(record)) => {
+                    let mut building = Building::new(record.received_ms);
+                    for &(courier, seq) in &record.reports {
+                        let courier = record.courier(courier);
+                        if self.courier(&mut building, courier).seqs.take(seq) == SeqTake::Fresh {
+                            building.record.report(courier, seq);
+                        }
+                    }
+                    for logged in &record.fixes {
+                        let courier = record.courier(logged.courier);
+                        if !self.time_taken(&mut building, courier, logged.fix.ts_ms)? {
+                            let attributes = logged.attributes.clone();
+                            building.record.fix(courier, logged.fix.clone(), attributes);
+                        }
+                    }
+                    Commit {
+                        record: building.record.finish(),
+                        replay_progress: progress,
+                        replica: true,
+                        ..Commit::default()
+                    }
+                }
+                Ok(crate::store::LogEntry::Orders(orders)) => {
+                    Commit { orders, replay_progress: progress, replica: true, ..Commit::default() }
+                }
+                Ok(_) => Commit { replay_progress: progress, ..Commit::default() },
+                Err(e) => {
+                    tracing::warn!(offset, error = %e, "a log entry from another worker cannot be read; skipped");
+                    Commit { replay_progress: progress, ..Commit::default() }
+                }
+            };
+            through = self.store.commit(commit)?.log_through.or(through);
+        }
+        Ok(through)
     }
 
     /// Whether `courier` already has a fix at device time `ts` (committed or in this batch);
@@ -664,9 +734,71 @@ fn refused_fixes_detail(
 /// returns after handing every built batch to the committer.
 /// What the intake reads from the broker.
 struct IntakeLinks {
-    rx: LinkRx,
+    rx: ReportFeed,
     events: Option<crate::mqtt::EventsLink>,
     stream_demand: crate::mqtt::StreamDemand,
+}
+
+/// Where reports come from: the embedded broker's local link or an external broker's
+/// deliveries.
+enum ReportFeed {
+    Embedded(LinkRx),
+    External(flume::Receiver<Delivery>),
+}
+
+/// What waiting on a [`ReportFeed`] gave.
+enum Fed {
+    /// A publish (and, from an external broker, how to settle it).
+    Publish(Bytes, Bytes, Option<Settle>),
+    /// Another worker's log entry, its offset in the shared log stream, how to settle it.
+    Replica(Bytes, u64, Settle),
+    /// Nothing before the deadline.
+    Nothing,
+    /// The broker is gone: nothing will ever arrive.
+    Lost(String),
+}
+
+impl ReportFeed {
+    fn recv_deadline(&mut self, deadline: Instant) -> Fed {
+        let rx = match self {
+            ReportFeed::Embedded(rx) => rx,
+            ReportFeed::External(rx) => {
+                return match rx.recv_deadline(deadline) {
+                    Ok(Delivery { kind: DeliveryKind::Publish { topic }, payload, settle }) => {
+                        Fed::Publish(topic, payload, Some(settle))
+                    }
+                    Ok(Delivery { kind: DeliveryKind::Replica { offset }, payload, settle }) => {
+                        Fed::Replica(payload, offset, settle)
+                    }
+                    Err(flume::RecvTimeoutError::Timeout) => Fed::Nothing,
+                    Err(flume::RecvTimeoutError::Disconnected) => {
+                        Fed::Lost("the external broker's consumers stopped".to_owned())
+                    }
+                }
+            }
+        };
+        loop {
+            match rx.recv_deadline(deadline) {
+                Ok(Some(Notification::Forward(forward))) => {
+                    return Fed::Publish(forward.publish.topic, forward.publish.payload, None)
+                }
+                Ok(Some(Notification::Unschedule)) => {
+                    // The router paused us because our buffer was full; ask for more.
+                    if let Err(e) = rx.ready() {
+                        return Fed::Lost(e.to_string());
+                    }
+                }
+                Ok(Some(_)) => {}
+                // rumqttd reports a closed link as a "timeout" too: its router is gone (it
+                // panicked), so nothing will ever arrive and no ack can leave.
+                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Disconnected)) => {
+                    return Fed::Lost("its router stopped".to_owned())
+                }
+                Ok(None) | Err(LinkError::RecvTimeout(_)) => return Fed::Nothing,
+                Err(e) => return Fed::Lost(e.to_string()),
+            }
+        }
+    }
 }
 
 fn run_intake(
@@ -679,6 +811,8 @@ fn run_intake(
     let IntakeLinks { mut rx, mut events, stream_demand } = links;
     let max_batch = intake.config.max_batch_reports;
     let mut publishes: Vec<(Bytes, Bytes)> = Vec::with_capacity(max_batch);
+    let mut settles: Vec<Settle> = Vec::new();
+    let mut replicas: Vec<(Bytes, u64)> = Vec::new();
     let mut paused = false;
     while !stop.load(Ordering::Relaxed) {
         // Order events first, and even while reports are held back below: they add nothing
@@ -728,49 +862,69 @@ fn run_intake(
         };
         while publishes.len() < max_batch {
             match rx.recv_deadline(deadline) {
-                Ok(Some(Notification::Forward(forward))) => {
+                Fed::Publish(topic, payload, settle) => {
                     if publishes.is_empty() {
                         first_received = Instant::now();
                     }
-                    publishes.push((forward.publish.topic, forward.publish.payload));
+                    publishes.push((topic, payload));
+                    settles.extend(settle);
                     deadline = Instant::now();
                 }
-                Ok(Some(Notification::Unschedule)) => {
-                    // The router paused us because our buffer was full; ask for more.
-                    if let Err(e) = rx.ready() {
-                        tracing::error!(error = %e, "lost the link to the embedded broker");
-                        return;
-                    }
-                }
-                Ok(Some(_)) => {}
-                // rumqttd reports a closed link as a "timeout" too: its router is gone (it
-                // panicked), so nothing will ever arrive and no ack can leave.
-                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Disconnected)) => {
-                    tracing::error!("lost the link to the embedded broker: its router stopped");
-                    return;
+                Fed::Replica(entry, offset, settle) => {
+                    replicas.push((entry, offset));
+                    settles.push(settle);
+                    deadline = Instant::now();
                 }
                 // While the committer is still flushing earlier commits, whatever arrives
                 // meanwhile joins this one: it could not be acked sooner anyway, and one log
                 // entry per flush keeps the cost per fix low at any load.
-                Ok(None) | Err(LinkError::RecvTimeout(_))
-                    if !publishes.is_empty() && flushing.load(Ordering::Acquire) > 0 =>
+                Fed::Nothing
+                    if !(publishes.is_empty() && replicas.is_empty())
+                        && flushing.load(Ordering::Acquire) > 0 =>
                 {
                     deadline = Instant::now() + Duration::from_micros(200);
                 }
-                Ok(None) => break,
-                Err(LinkError::RecvTimeout(_)) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "lost the link to the embedded broker");
+                Fed::Nothing => break,
+                Fed::Lost(e) => {
+                    tracing::error!(error = %e, "lost the link to the broker");
                     return;
                 }
             }
         }
+        let replicated = match replicas.is_empty() {
+            true => None,
+            false => match intake.apply_replicas(&replicas) {
+                Ok(through) => through,
+                Err(e) => {
+                    // Not settled: redelivered after a reconnect.
+                    tracing::error!(error = %e, "cannot apply other workers' log entries");
+                    settles.clear();
+                    None
+                }
+            },
+        };
+        replicas.clear();
         if publishes.is_empty() {
+            if settles.is_empty() {
+                continue;
+            }
+            let pending = PendingAcks {
+                log_through: replicated,
+                settles: std::mem::take(&mut settles),
+                ..PendingAcks::default()
+            };
+            flushing.fetch_add(1, Ordering::AcqRel);
+            if to_committer.send(pending).is_err() {
+                return;
+            }
             continue;
         }
         let received_ms = now_ms();
         let built = intake.build(&publishes, received_ms);
         publishes.clear();
+        // Settled only with an ack: a batch that fails below is never settled, and an
+        // external broker delivers it again when this worker's connection goes.
+        let batch_settles = std::mem::take(&mut settles);
         let built = match built {
             Ok(built) => built,
             Err(e) => {
@@ -784,6 +938,10 @@ fn run_intake(
         let stream = match intake.config.stream_fixes && stream_demand.is_wanted() {
             true => fix_stream::StreamBatch::of(&commit.record),
             false => fix_stream::StreamBatch::default(),
+        };
+        let replicate = match intake.replicate {
+            true => crate::store::encode_for_replicas(&commit),
+            false => Vec::new(),
         };
         let committed = match intake.commit(commit) {
             Ok(committed) => committed,
@@ -799,6 +957,9 @@ fn run_intake(
             acks,
             order_changes,
             moved_orders: committed.moved_orders,
+            log_through: committed.log_through.max(replicated),
+            settles: batch_settles,
+            replicate,
             notifications_through,
             stream,
             ..PendingAcks::default()
@@ -830,38 +991,147 @@ fn take_waiting_events(
     }
 }
 
+/// Commits flushed and waiting for InfluxDB before they may be acked (cluster mode).
+#[derive(Default)]
+struct AwaitingInflux {
+    groups: std::collections::VecDeque<Vec<PendingAcks>>,
+    /// The shared record refused the last ack record: try again no sooner than this.
+    retry_at: Option<Instant>,
+}
+
+impl AwaitingInflux {
+    /// How long the committer may sleep before looking again.
+    fn poll_in(&self) -> Option<Duration> {
+        if self.groups.is_empty() {
+            return None;
+        }
+        let retry = self.retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+        Some(retry.unwrap_or(Duration::from_millis(5)))
+    }
+
+    /// The oldest groups whose log entries the shipper has passed, in commit order.
+    fn take_shipped(&mut self, store: &Store) -> Vec<PendingAcks> {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Vec::new();
+        }
+        let shipped = store.shipped_through();
+        let mut released = Vec::new();
+        while let Some(group) = self.groups.front() {
+            let through = group.iter().filter_map(|p| p.log_through).max();
+            if through.is_some_and(|through| through > shipped) {
+                break;
+            }
+            released.extend(self.groups.pop_front().into_iter().flatten());
+        }
+        released
+    }
+}
+
+/// Acks what InfluxDB now holds (cluster mode): records the couriers' committed seqs in the
+/// shared record, then acks, announces and settles, in that order. If the record cannot be
+/// written the groups wait and are tried again: nothing is acked that a worker taking over
+/// could not learn from InfluxDB.
+fn ack_shipped(
+    announcer: &mut Announcer,
+    awaiting: &mut AwaitingInflux,
+    store: &Store,
+    metrics: &Metrics,
+) -> Result<(), announce::LinkLost> {
+    let released = awaiting.take_shipped(store);
+    if released.is_empty() {
+        return Ok(());
+    }
+    let mut windows: HashMap<&str, &SeqWindow> = HashMap::new();
+    for pending in &released {
+        for (courier, window) in &pending.acks {
+            // Later commits hold the later (larger) windows.
+            windows.insert(courier, window);
+        }
+    }
+    let windows: Vec<(&str, &SeqWindow)> = windows.into_iter().collect();
+    let outlet = announcer.external().expect("awaiting InfluxDB only with an external broker");
+    // The stream and the other workers first, then the record, then the acks (see
+    // `external`): nothing is acked that they could miss.
+    let mut stream = Vec::new();
+    let mut log_entries = Vec::new();
+    for pending in &released {
+        stream.extend(pending.stream.messages());
+        log_entries.extend(pending.replicate.iter().cloned());
+    }
+    let streamed = stream.len() as u64;
+    let published = outlet.publish_confirmed(stream, log_entries);
+    let recorded = published.and_then(|()| outlet.record_acks(&windows));
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "cannot publish the stream or record acks; acks wait and are tried again");
+        awaiting.retry_at = Some(Instant::now() + Duration::from_millis(500));
+        awaiting.groups.push_front(released);
+        return Ok(());
+    }
+    metrics.fix_stream_messages.inc_by(streamed);
+    let mut released = released;
+    for pending in &mut released {
+        // Sent above.
+        pending.stream = fix_stream::StreamBatch::default();
+    }
+    awaiting.retry_at = None;
+    let settles: Vec<Settle> =
+        released.iter().flat_map(|pending| pending.settles.iter().copied()).collect();
+    announce_flushed(announcer, released, metrics)?;
+    if let Some(outlet) = announcer.external() {
+        outlet.settle(settles);
+    }
+    Ok(())
+}
+
 /// Runs the committer on the current thread: flush, then ack and announce, until the intake
-/// hangs up.
+/// hangs up. With an external broker, acks also wait until InfluxDB holds the commit's fixes
+/// (`influx`, whose shipper is asked to hurry).
 fn run_committer(
     store: Store,
     mut announcer: Announcer,
     deliveries: Option<Arc<crate::notify::Deliveries>>,
+    influx: Option<Outbox>,
     from_intake: mpsc::Receiver<PendingAcks>,
     flushing: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
+    let mut awaiting = AwaitingInflux::default();
     // The broker keeps retained messages in memory only: re-announce every courier's committed
     // seq and every order's status, so a device or customer that reconnects after a server
     // restart learns them at once.
-    if let Err(e) = announcer.announce_all() {
+    // An external broker keeps no retained message from a server-side publisher, and another
+    // worker may since have acked more: nothing to re-announce there.
+    let announced = match announcer.external() {
+        None => announcer.announce_all(),
+        Some(_) => Ok(()),
+    };
+    if let Err(e) = announced {
         tracing::warn!(error = %e, "cannot re-announce acks and order statuses; devices learn them on their next report");
     }
     loop {
-        // Held-back order locations go when their interval is up, even with nothing to flush.
-        let first = match announcer.next_due() {
-            Some(due) => {
-                match from_intake.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                    Ok(first) => first,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = announcer.publish_due() {
-                            tracing::error!(error = %e, "cannot publish: broker link lost");
-                            return;
-                        }
-                        continue;
+        if let Err(e) = ack_shipped(&mut announcer, &mut awaiting, &store, &metrics) {
+            tracing::error!(error = %e, "cannot publish acks: broker link lost");
+            return;
+        }
+        // Held-back order locations go when their interval is up, even with nothing to flush;
+        // commits waiting for InfluxDB are looked at again soon.
+        let due = announcer.next_due().map(|due| due.saturating_duration_since(Instant::now()));
+        let wait = match (due, awaiting.poll_in()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let first = match wait {
+            Some(wait) => match from_intake.recv_timeout(wait) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = announcer.publish_due() {
+                        tracing::error!(error = %e, "cannot publish: broker link lost");
+                        return;
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    continue;
                 }
-            }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
             None => match from_intake.recv() {
                 Ok(first) => first,
                 Err(_) => return,
@@ -886,6 +1156,11 @@ fn run_committer(
         let through = group.iter().filter_map(|pending| pending.notifications_through).max();
         if let (Some(deliveries), Some(through)) = (&deliveries, through) {
             deliveries.durable_through(through);
+        }
+        if let Some(outbox) = influx.as_ref().filter(|_| announcer.external().is_some()) {
+            awaiting.groups.push_back(group);
+            outbox.ship_now();
+            continue;
         }
         if let Err(e) = announce_flushed(&mut announcer, group, &metrics) {
             tracing::error!(error = %e, "cannot publish acks: broker link lost");
@@ -914,9 +1189,9 @@ fn announce_flushed(
             metrics.commit_batch_reports.observe(pending.reports as f64);
             metrics.commit_latency_seconds.observe(first_received.elapsed().as_secs_f64());
         }
-        for (courier, seq) in pending.acks {
+        for (courier, window) in pending.acks {
             let entry = acks.entry(courier).or_default();
-            *entry = (*entry).max(seq);
+            *entry = (*entry).max(window.watermark());
         }
         for order in pending.moved_orders {
             if !moved.contains(&order) {
@@ -960,16 +1235,44 @@ pub struct PipelineHandle {
 }
 
 impl PipelineHandle {
-    /// Starts the intake and committer threads.
+    /// Starts the intake and committer threads on the embedded broker's links.
     pub fn start(intake: Intake, link: BrokerLink) -> std::io::Result<PipelineHandle> {
+        let BrokerLink { tx, rx, events, stream_demand } = link;
+        let links = IntakeLinks { rx: ReportFeed::Embedded(rx), events, stream_demand };
+        Self::start_on(intake, links, announce::Outlet::Embedded(tx))
+    }
+
+    /// Starts the intake and committer threads on an external broker (cluster mode): acks
+    /// wait until InfluxDB holds the fixes, so `intake` must have an InfluxDB outbox.
+    pub fn start_external(
+        intake: Intake,
+        broker: ExternalBroker,
+    ) -> std::io::Result<PipelineHandle> {
+        if intake.influx.is_none() {
+            return Err(std::io::Error::other(
+                "an external broker needs [influx]: acks wait for the shared record",
+            ));
+        }
+        let ExternalBroker { deliveries, outlet, stream_demand } = broker;
+        let intake = Intake { replicate: true, ..intake };
+        let links =
+            IntakeLinks { rx: ReportFeed::External(deliveries), events: None, stream_demand };
+        Self::start_on(intake, links, announce::Outlet::External(outlet))
+    }
+
+    fn start_on(
+        intake: Intake,
+        links: IntakeLinks,
+        outlet: announce::Outlet,
+    ) -> std::io::Result<PipelineHandle> {
         let stop = Arc::new(AtomicBool::new(false));
         // A few batches may wait for one flush; more means the disk is the bottleneck and the
         // intake should wait rather than pile up unflushed state.
         let (to_committer, from_intake) = mpsc::sync_channel(16);
         let store = intake.store.clone();
         let metrics = intake.metrics.clone();
-        let BrokerLink { tx, rx, events, stream_demand } = link;
-        let announcer = Announcer::new(tx, store.clone(), intake.location_interval);
+        let announcer = Announcer::new(outlet, store.clone(), intake.location_interval);
+        let influx = intake.influx.clone();
         let deliveries = intake.notifier.as_ref().map(|(_, deliveries)| deliveries.clone());
         let intake_stop = stop.clone();
         // Commits handed to the committer and not flushed yet.
@@ -978,7 +1281,6 @@ impl PipelineHandle {
         let (ended, intake_ended) = tokio::sync::oneshot::channel();
         let intake =
             std::thread::Builder::new().name("pipeline-intake".into()).spawn(move || {
-                let links = IntakeLinks { rx, events, stream_demand };
                 run_intake(intake, links, to_committer, flushing, intake_stop);
                 let _ = ended.send(());
             })?;
@@ -988,6 +1290,7 @@ impl PipelineHandle {
                     store,
                     announcer,
                     deliveries,
+                    influx,
                     from_intake,
                     committer_flushing,
                     metrics,
@@ -1090,7 +1393,7 @@ mod tests {
         assert!(built.commit.dead_letters.iter().all(|l| l.source == mqtt && l.received_ms == now));
 
         assert_eq!(built.commit.record.fixes.len(), 2, "fixes 0 and 5 are kept");
-        assert_eq!(built.acks.get("c1"), Some(&1));
+        assert_eq!(built.acks.get("c1").map(SeqWindow::watermark), Some(1));
         let letters = &built.commit.dead_letters;
         let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
         assert_eq!(reasons, ["coordinates_out_of_range", "detail_out_of_range"]);
@@ -1152,7 +1455,7 @@ mod tests {
         let now = now_ms();
         let mut ack_after = |publishes: &[(Bytes, Bytes)]| {
             let built = intake.build(publishes, now).unwrap();
-            let ack = built.acks.get("c1").copied();
+            let ack = built.acks.get("c1").map(SeqWindow::watermark);
             intake.commit(built.commit).unwrap();
             ack
         };

@@ -166,6 +166,13 @@ impl Live {
         self.applied_through = self.applied_through.max(id);
     }
 
+    /// Adds seqs committed elsewhere to a courier's (see [`super::Store::merge_seqs`]).
+    pub(super) fn merge_seqs(&mut self, courier: &str, seqs: &super::SeqWindow) {
+        let live = self.courier_mut(courier);
+        live.record.seqs.merge(seqs);
+        live.dirty = true;
+    }
+
     fn courier_mut(&mut self, courier: &str) -> &mut CourierLive {
         if !self.couriers.contains_key(courier) {
             self.couriers.insert(courier.to_owned(), CourierLive::default());

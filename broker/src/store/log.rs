@@ -24,6 +24,9 @@ pub enum LogEntry {
     LegacyLines(Vec<u8>),
     /// Order events the intake accepted (checked against the orders view), in order.
     Orders(OrderRecord),
+    /// In cluster mode, what another worker committed (and acked): applied to the views like
+    /// a `Commit`, so every worker answers every read, but never shipped (its owner did).
+    Replica(CommitRecord),
 }
 
 /// What one commit of order events adds.
@@ -159,15 +162,17 @@ impl LogEntry {
             LogEntry::LegacyLines(lines) => {
                 1 + lines.iter().filter(|&&b| b == b'\n').count() as u64
             }
-            LogEntry::Orders(_) => 0,
+            LogEntry::Orders(_) | LogEntry::Replica(_) => 0,
         }
     }
 
-    pub(super) fn encode(&self) -> Vec<u8> {
+    /// The entry as stored (postcard).
+    pub fn encode(&self) -> Vec<u8> {
         encode(self)
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    /// An entry from its stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, StoreError> {
         decode(LOG_TREE, bytes)
     }
 }

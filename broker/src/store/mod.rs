@@ -138,6 +138,9 @@ pub struct Commit {
     /// Receipts of edge requests (key, receipt) whose parts this commit takes: written with
     /// their fixes, so a part is recorded as in exactly when it is.
     pub receipts: Vec<(Vec<u8>, EdgeReceipt)>,
+    /// `record` is another worker's commit (cluster mode): written as a
+    /// [`LogEntry::Replica`], applied to the views, not shipped.
+    pub replica: bool,
 }
 
 /// What a commit changed that others follow.
@@ -145,6 +148,9 @@ pub struct Commit {
 pub struct Committed {
     /// Orders whose location its fixes changed.
     pub moved_orders: Vec<String>,
+    /// The id of its last log entry (`None`: it wrote none). Once the InfluxDB shipper has
+    /// passed it ([`Store::shipped_through`]), every fix of the commit is in InfluxDB.
+    pub log_through: Option<u64>,
 }
 
 /// The sled database, its trees and the live view. Cheap to clone.
@@ -301,10 +307,29 @@ fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
     Ok(meta.get(key)?.map(|v| u64_of(&v)))
 }
 
-/// The log entry as written, borrowing the record (same bytes as [`LogEntry::Commit`]).
+/// A commit's log entries as the other workers of a cluster apply them (encoded
+/// [`LogEntry::Commit`] and [`LogEntry::Orders`]; [`LogEntry::decode`] reads them).
+pub fn encode_for_replicas(commit: &Commit) -> Vec<Vec<u8>> {
+    let mut entries = Vec::with_capacity(2);
+    if !commit.record.is_empty() {
+        entries.push(encode(&LogEntryRef::Commit(&commit.record)));
+    }
+    if !commit.orders.events.is_empty() {
+        entries.push(LogEntry::Orders(commit.orders.clone()).encode());
+    }
+    entries
+}
+
+/// The log entry as written, borrowing the record (same bytes as [`LogEntry::Commit`] and
+/// [`LogEntry::Replica`]: the variants keep their indices).
 #[derive(Serialize)]
 enum LogEntryRef<'a> {
     Commit(&'a CommitRecord),
+    #[allow(dead_code)] // never built: holds the index of LogEntry::LegacyLines
+    LegacyLines(()),
+    #[allow(dead_code)] // never built: holds the index of LogEntry::Orders
+    Orders(()),
+    Replica(&'a CommitRecord),
 }
 
 impl Store {
@@ -445,13 +470,24 @@ impl Store {
     /// notifications in the same transaction) and applies it to the live view. Not yet durable:
     /// see [`Store::flush`]. On failure nothing of it is written or applied.
     pub fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let Commit { record, orders, dead_letters, replay_progress, notifications, receipts } =
-            commit;
+        let Commit {
+            record,
+            orders,
+            dead_letters,
+            replay_progress,
+            notifications,
+            receipts,
+            replica,
+        } = commit;
         let inner = &self.inner;
         let first_id = inner.next_log_id.load(Ordering::Relaxed);
         let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(2);
         if !record.is_empty() {
-            entries.push((first_id, encode(&LogEntryRef::Commit(&record))));
+            let entry = match replica {
+                false => LogEntryRef::Commit(&record),
+                true => LogEntryRef::Replica(&record),
+            };
+            entries.push((first_id, encode(&entry)));
         }
         let orders = (!orders.events.is_empty()).then(|| {
             let entry = LogEntry::Orders(orders);
@@ -517,7 +553,8 @@ impl Store {
             return Ok(committed);
         }
         inner.next_log_id.store(first_id + entries.len() as u64, Ordering::Relaxed);
-        if inner.options.keep_for_shipper {
+        committed.log_through = Some(first_id + entries.len() as u64 - 1);
+        if inner.options.keep_for_shipper && !replica {
             inner.shipper_pending.fetch_add(record.fixes.len() as u64, Ordering::Relaxed);
         }
         let order_location = &inner.order_location;
@@ -805,6 +842,14 @@ impl Store {
         self.live().couriers.get(courier).map(|c| c.record.seqs.clone()).unwrap_or_default()
     }
 
+    /// Adds committed seqs learnt from elsewhere (a cluster's shared record, after this worker
+    /// took over a partition) to a courier's: a seq committed by either is committed. Kept in
+    /// memory and written by the next checkpoint; applying it again changes nothing.
+    pub fn merge_seqs(&self, courier: &str, seqs: &SeqWindow) {
+        let mut live = self.live_mut();
+        live.merge_seqs(courier, seqs);
+    }
+
     /// Every courier's ack: the watermark of its committed seqs (for re-announcing acks after
     /// a restart).
     pub fn acks(&self) -> Vec<(String, u64)> {
@@ -982,6 +1027,11 @@ impl Store {
         Ok(())
     }
 
+    /// The log id through which the InfluxDB shipper has finished every entry.
+    pub fn shipped_through(&self) -> u64 {
+        self.shipper_cursor().through
+    }
+
     /// Fixes (and legacy lines) in log entries the shipper has not finished.
     pub fn shipper_pending(&self) -> u64 {
         self.inner.shipper_pending.load(Ordering::Relaxed)
@@ -1009,7 +1059,9 @@ fn replay(
     if checkpoint_to > views_cursor {
         let mut spans: HashMap<String, (u64, u64)> = HashMap::new();
         for entry in log.range(log::key(views_cursor + 1)..=log::key(checkpoint_to)) {
-            if let LogEntry::Commit(record) = LogEntry::decode(&entry?.1)? {
+            if let LogEntry::Commit(record) | LogEntry::Replica(record) =
+                LogEntry::decode(&entry?.1)?
+            {
                 for logged in &record.fixes {
                     let ts = logged.fix.ts_ms;
                     spans
@@ -1030,7 +1082,7 @@ fn replay(
         let (key, value) = entry?;
         let id = log::id_of(&key);
         match LogEntry::decode(&value)? {
-            LogEntry::Commit(record) => {
+            LogEntry::Commit(record) | LogEntry::Replica(record) => {
                 let maybe_written = id <= checkpoint_to;
                 live.apply(
                     id,

@@ -69,6 +69,47 @@ impl SeqWindow {
         seq <= self.watermark || self.above.iter().any(|&(lo, hi)| lo <= seq && seq <= hi)
     }
 
+    /// A window with watermark `watermark` and the committed `ranges` above it (inclusive;
+    /// any order, may overlap or touch the watermark): as read back from an ack record.
+    pub fn from_parts(watermark: u64, ranges: &[(u64, u64)]) -> SeqWindow {
+        let mut window = SeqWindow::from_watermark(watermark);
+        window.add_ranges(ranges);
+        window
+    }
+
+    /// The ranges committed above the watermark (inclusive bounds, ascending).
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.above
+    }
+
+    /// Adds every seq `other` holds: a seq committed in either is committed.
+    pub fn merge(&mut self, other: &SeqWindow) {
+        self.watermark = self.watermark.max(other.watermark);
+        self.add_ranges(&other.above.clone());
+    }
+
+    /// Adds inclusive ranges of committed seqs, then restores the invariants: sorted,
+    /// disjoint, not touching, none at or below `watermark + 1`. Beyond [`MAX_GAPS`] ranges,
+    /// the highest are forgotten: they are only seqs a device will be told again are missing,
+    /// so it resends them and they are stored again (idempotent downstream), never an ack
+    /// that covers something missing.
+    fn add_ranges(&mut self, ranges: &[(u64, u64)]) {
+        let mut all: Vec<(u64, u64)> = self.above.drain(..).chain(ranges.iter().copied()).collect();
+        all.retain(|&(lo, hi)| lo <= hi);
+        all.sort_unstable();
+        for (lo, hi) in all {
+            if lo <= self.watermark.saturating_add(1) {
+                self.watermark = self.watermark.max(hi);
+                continue;
+            }
+            match self.above.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => self.above.push((lo, hi)),
+            }
+        }
+        self.above.truncate(MAX_GAPS);
+    }
+
     /// Takes `seq`: marks it committed when it is fresh.
     pub fn take(&mut self, seq: u64) -> SeqTake {
         if self.contains(seq) {
@@ -110,6 +151,30 @@ mod tests {
         let mut window = SeqWindow::default();
         let takes = seqs.iter().map(|&s| window.take(s)).collect();
         (window, takes)
+    }
+
+    #[test]
+    fn merging_keeps_every_seq_either_window_holds() {
+        let (mut a, _) = taking(&[1, 2, 5, 6, 9]);
+        let b = SeqWindow::from_parts(3, &[(8, 8), (12, 14)]);
+        a.merge(&b);
+        // 1..=3 from b and 1..=2 from a: 3; then 4 is missing.
+        assert_eq!(a.watermark(), 3);
+        assert_eq!(a.ranges(), &[(5, 6), (8, 9), (12, 14)]);
+        for seq in [1, 2, 3, 5, 6, 8, 9, 12, 13, 14] {
+            assert!(a.contains(seq), "{seq}");
+        }
+        for seq in [4, 7, 10, 11, 15] {
+            assert!(!a.contains(seq), "{seq}");
+        }
+        // A range that reaches the watermark moves it through.
+        a.merge(&SeqWindow::from_parts(0, &[(4, 4), (7, 7)]));
+        assert_eq!(a.watermark(), 9);
+        assert_eq!(a.ranges(), &[(12, 14)]);
+        // Merging an older view changes nothing.
+        let before = a.clone();
+        a.merge(&SeqWindow::from_watermark(2));
+        assert_eq!(a, before);
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Env {
             .map(|(_, entry)| match entry {
                 LogEntry::LegacyLines(lines) => lines_of(lines).count(),
                 LogEntry::Commit(record) => record.fixes.len(),
-                LogEntry::Orders(_) => 0,
+                LogEntry::Orders(_) | LogEntry::Replica(_) => 0,
             })
             .sum()
     }
