@@ -6,7 +6,9 @@
 #   ./scripts/bench.sh            # every row
 #   ./scripts/bench.sh 1 3        # rows 1 (1 fix per report), 2 (10 per report), 3 (20k/s),
 #                                 # 4 (a city: 10,000 couriers at 1 fix/s, token checks on),
-#                                 # 5 (10,000 idle connections: memory per connection)
+#                                 # 5 (10,000 idle connections: memory per connection),
+#                                 # 6 (cluster mode: scripts/cluster.sh, 3 RabbitMQ nodes and
+#                                 #    1, 2, then 3 workers; 10 fixes per report)
 #
 # The per-connection publish-rate throttle is off here ([mqtt] max_publish_rate = 0): at its
 # default (1,000 reports/s per connection) 100 couriers could not publish more than 100k
@@ -77,9 +79,23 @@ start_server() {
 }
 
 bench() { "$locusd" bench --mqtt "127.0.0.1:$mqtt" --config "$work/bench.toml" --baseline "$@"; }
+# Row 6: the same load through a local RabbitMQ cluster (scripts/cluster.sh) with W workers.
+# Couriers connect to node 1's MQTT listener with tokens from the cluster's shared secret;
+# an ack there means InfluxDB holds the fix (README, "Running at scale").
+cluster_row() {
+  local workers=$1 env
+  env=$(PARTITIONS=6 LOCUSD=$locusd scripts/cluster.sh start "$workers")
+  eval "$env"
+  echo "-- $workers worker(s)"
+  "$locusd" bench --mqtt "127.0.0.1:${RMQ_MQTT_PORTS%% *}" --data-dir "$CLUSTER_DIR/tokens" \
+    --couriers 100 --fixes-per-report 10 --duration-s 15 --baseline || true
+  scripts/cluster.sh stop "$CLUSTER_DIR" >/dev/null
+}
+
 for row in ${rows[*]}; do
   case "$row" in
     4|5) start_server tokens ;;
+    6) stop_server ;;
     *) start_server ;;
   esac
   case "$row" in
@@ -104,6 +120,8 @@ for row in ${rows[*]}; do
        peak=$(peak_rss_kb)
        echo "locusd resident memory: $(( before / 1024 )) MiB before, $(( peak / 1024 )) MiB" \
          "with 10,000 connected: $(( (peak - before) * 1024 / 10000 )) bytes per connection" ;;
+    6) echo "== cluster mode: 10 fixes per report, 100 couriers, as fast as acks allow"
+       for workers in 1 2 3; do cluster_row "$workers"; done ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
 done

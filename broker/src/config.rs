@@ -314,7 +314,8 @@ mod tests {
             (&format!("{urls}log_max_age = \"a week\"\n"), "log_max_age"),
         ];
         for (keys, message) in bad {
-            let err = Config::from_toml(&format!("{rabbit}{keys}{influx}")).unwrap_err().to_string();
+            let err =
+                Config::from_toml(&format!("{rabbit}{keys}{influx}")).unwrap_err().to_string();
             assert!(err.contains(message), "{keys}: {err}");
         }
     }

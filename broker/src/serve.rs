@@ -2,7 +2,9 @@
 //!
 //! Start, each part through its own `start`: store (and its checkpoint thread) → tokens →
 //! `influx::start` (with `[influx]`) → `plugins::start` → `mqtt::start` (plain and TLS
-//! listeners) → `PipelineHandle::start` → pruner → `api::start` (HTTP and/or HTTPS).
+//! listeners) → `PipelineHandle::start` (or, with `[broker] mode = "rabbitmq"`, no MQTT
+//! listener: `cluster::rabbitmq::start` → `PipelineHandle::start_external`) → pruner →
+//! `api::start` (HTTP and/or HTTPS).
 //! Stop (the `shutdown` future; SIGINT/SIGTERM from the command line): HTTP and HTTPS stop
 //! accepting, the pipeline stops taking reports, commits, flushes and acks what it took, a last
 //! checkpoint is written, then `serve` returns. Reports still in the broker were never acked, so
@@ -49,14 +51,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let mut health: Vec<HealthProbe> = Vec::new();
     let (stop_shipper, mut shipper_stopped) = tokio::sync::watch::channel(false);
     let mut shipper = None;
-    let mut outbox = None;
     if let Some(influx_config) = &config.influx {
         let stopped = async move {
             let _ = shipper_stopped.changed().await;
         };
         let started = influx::start(influx_config, &store, &metrics, stopped)
             .context("configuring the InfluxDB shipper ([influx])")?;
-        outbox = Some(started.outbox.clone());
         intake = intake.with_influx_outbox(started.outbox);
         let handle = started.health;
         health.push(Arc::new(move || {
@@ -91,7 +91,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let mut pipeline = match (config.broker.mode, &config.broker.rabbitmq, &config.influx) {
         (BrokerMode::Rabbitmq, Some(rabbit), Some(influx_config)) => {
             // Devices connect to RabbitMQ: no MQTT listener here.
-            drop((order_gate, edges, outbox));
+            drop((order_gate, edges));
             let records = influx::ack_records::AckRecords::new(influx_config)
                 .context("configuring the ack records in InfluxDB ([influx])")?;
             let stopped = async move {
@@ -162,8 +162,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let failure = tokio::select! {
         () = shutdown => None,
         () = pipeline_ended => Some(anyhow::anyhow!(
-            "the pipeline lost its link to the embedded MQTT broker (its router stopped; see the \
-             error above): locusd stops so that it can be restarted"
+            "the pipeline lost its link to the broker (the embedded broker's router stopped, or \
+             the RabbitMQ connection task ended; see the error above): locusd stops so that it \
+             can be restarted"
         )),
     };
     let _ = stop_api.send(());

@@ -8,6 +8,8 @@
 //! | `orders/{order}/status`        | server → customers | the order's status, JSON (retained) |
 //! | `orders/{order}/location`      | server → customers | the active order's position, JSON (retained) |
 //! | `edge/{edge}/batches`          | edge → server      | [`crate::wire::EdgeBatch`] (fixes posted over HTTP) |
+//! | `fixes/{courier}`              | server → readers   | the live fix stream, JSON |
+//! | `fixes-wire/{courier}`         | server → readers   | the live fix stream, [`crate::wire::FixBatch`] |
 
 use alloc::format;
 use alloc::string::String;
@@ -57,6 +59,15 @@ pub fn fixes(courier: &str) -> String {
 
 /// Filter for every courier's live fix stream.
 pub const ALL_FIXES: &str = "fixes/+";
+
+/// Topic of the live fix stream in the wire format ([`crate::wire::FixBatch`]): the same
+/// fixes as [`fixes`], postcard instead of JSON.
+pub fn fixes_wire(courier: &str) -> String {
+    format!("fixes-wire/{courier}")
+}
+
+/// Filter for every courier's live fix stream in the wire format.
+pub const ALL_FIXES_WIRE: &str = "fixes-wire/+";
 
 /// Topic an edge component publishes the fixes posted to it on.
 pub fn edge_batches(edge: &str) -> String {

@@ -5,7 +5,7 @@
 //! - [`LocusServer`]: start, stop (SIGTERM), kill -9, restart on the same data dir and ports;
 //!   with TLS listeners too ([`LocusServer::start_tls`]).
 //! - [`TestCourier`]: a rumqttc connection that publishes reports and waits for acks.
-//! - [`locusd`]: the path of the binary, built on first use.
+//! - [`locusd`], [`locus_sim`]: the paths of the binaries, built on first use.
 //! - [`influxd`]: a real InfluxDB 1.x server on free ports.
 //! - [`rabbitmq::RabbitNode`]: a throwaway RabbitMQ node (`scripts/rabbitmq-node.sh`).
 //! - [`free_port`]: the one port picker (outside the ephemeral range: see [`ports`]).
@@ -44,6 +44,27 @@ pub fn locusd() -> &'static Path {
         let status = build.status().expect("running cargo build for locusd");
         assert!(status.success(), "building locusd failed");
         profile_dir.join("locusd")
+    })
+}
+
+/// The `locus-sim` binary (the SDK's simulator), built once per test process with the same
+/// profile as the tests.
+pub fn locus_sim() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/{profile}");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "locus-sim", "--bin", "locus-sim"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("running cargo build").success(),
+            "building locus-sim failed"
+        );
+        profile_dir.join("locus-sim")
     })
 }
 

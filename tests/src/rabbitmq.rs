@@ -3,8 +3,12 @@
 //! locusd, an internal user for locusd workers, the consistent-hash exchange. A node takes
 //! 10-15 s to start, so a test file starts one (or one cluster) for all its checks.
 
+use rumqttc::{Event, Packet, QoS};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 /// A node; stopped (and its dir removed) on drop.
 #[derive(Debug)]
@@ -82,4 +86,49 @@ impl Drop for RabbitNode {
     fn drop(&mut self) {
         let _ = Command::new(script()).args(["stop", &self.node, &self.dir]).output();
     }
+}
+
+/// What a [`stream_reader`] saw: per (courier, device time), one lag per arrival.
+pub type StreamSeen = BTreeMap<(String, u64), Vec<u64>>;
+
+/// A consumer of the live fix stream through RabbitMQ's MQTT plugin, with a reader token:
+/// every (courier, device time) it received, and for each time it came, how long after the
+/// server received the fix (ms; both clocks are this machine's).
+pub fn stream_reader(mqtt_port: u16, token: &str) -> Arc<Mutex<StreamSeen>> {
+    let mut options = rumqttc::MqttOptions::new("reader@cluster-test", "127.0.0.1", mqtt_port);
+    options.set_credentials("reader", token);
+    let (client, mut connection) = rumqttc::Client::new(options, 100);
+    client.subscribe("fixes/+", QoS::AtLeastOnce).expect("subscribe");
+    let seen: Arc<Mutex<StreamSeen>> = Arc::default();
+    let (granted_tx, granted) = std::sync::mpsc::channel();
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        let _client = client; // the connection lives as long as this thread
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = granted_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let json: Value = serde_json::from_slice(&publish.payload).expect("JSON");
+                    let courier = json["courier"].as_str().expect("courier").to_owned();
+                    let mut seen = into.lock().unwrap();
+                    let now = crate::now_ms();
+                    for fix in json["fixes"].as_array().expect("fixes") {
+                        let ts = fix["ts"].as_u64().expect("ts");
+                        let lag = now.saturating_sub(fix["received_ms"].as_u64().unwrap_or(now));
+                        seen.entry((courier.clone(), ts)).or_default().push(lag);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The test waiting for fixes says what is missing; this says why.
+                    eprintln!("the stream reader lost its connection: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    granted.recv_timeout(crate::PATIENCE).expect("the reader's SUBACK");
+    seen
 }

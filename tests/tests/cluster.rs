@@ -5,12 +5,10 @@
 
 use locus_sdk::wire::{CourierEvent, CourierEventKind};
 use locus_tests::influxd::Influxd;
-use locus_tests::rabbitmq::RabbitNode;
+use locus_tests::rabbitmq::{stream_reader, RabbitNode};
 use locus_tests::{free_port, now_ms, report, wait_for, LocusServer, TestCourier};
-use rumqttc::{Event, Packet, QoS};
-use serde_json::json;
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -40,38 +38,43 @@ fn start_worker(config: &str, key: Option<&Path>) -> LocusServer {
     })
 }
 
-/// A consumer of the live fix stream through RabbitMQ's MQTT plugin, with a reader token:
-/// every (courier, device time) it received, with how many times.
-fn stream_reader(mqtt: SocketAddr, token: &str) -> Arc<Mutex<BTreeMap<(String, u64), u32>>> {
-    let mut options = rumqttc::MqttOptions::new("reader@cluster-test", "127.0.0.1", mqtt.port());
-    options.set_credentials("reader", token);
-    let (client, mut connection) = rumqttc::Client::new(options, 100);
-    client.subscribe("fixes/+", QoS::AtLeastOnce).expect("subscribe");
-    let seen = Arc::new(Mutex::new(BTreeMap::new()));
-    let (granted_tx, granted) = std::sync::mpsc::channel();
-    let into = seen.clone();
+/// A consumer of the fix stream's exchange over AMQP with a reader token (username
+/// `reader`): a server-named queue bound with `fixes.*`. Every (courier, device time) it
+/// received.
+fn amqp_stream_reader(amqp_port: u16, token: &str) -> Arc<Mutex<BTreeSet<(String, u64)>>> {
+    use amqprs::channel::{BasicConsumeArguments, QueueBindArguments, QueueDeclareArguments};
+    use amqprs::connection::{Connection, OpenConnectionArguments};
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (into, token) = (seen.clone(), token.to_owned());
     std::thread::spawn(move || {
-        let _client = client; // the connection lives as long as this thread
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = granted_tx.send(());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let args = OpenConnectionArguments::new("127.0.0.1", amqp_port, "reader", &token);
+            let connection = Connection::open(&args).await.expect("a reader logs in over AMQP");
+            let channel = connection.open_channel(None).await.unwrap();
+            let (queue, _, _) = channel
+                .queue_declare(QueueDeclareArguments::exclusive_server_named())
+                .await
+                .unwrap()
+                .expect("a declared queue");
+            let bind = QueueBindArguments::new(&queue, "locus.fixes", "fixes.*");
+            channel.queue_bind(bind).await.expect("a reader binds to the stream");
+            let consume = BasicConsumeArguments::new(&queue, "").auto_ack(true).finish();
+            let (_, mut messages) = channel.basic_consume_rx(consume).await.unwrap();
+            ready_tx.send(()).unwrap();
+            while let Some(message) = messages.recv().await {
+                let json: Value = serde_json::from_slice(&message.content.unwrap()).unwrap();
+                let courier = json["courier"].as_str().unwrap().to_owned();
+                let mut seen = into.lock().unwrap();
+                for fix in json["fixes"].as_array().unwrap() {
+                    seen.insert((courier.clone(), fix["ts"].as_u64().unwrap()));
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let json: Value = serde_json::from_slice(&publish.payload).expect("JSON");
-                    let courier = json["courier"].as_str().expect("courier").to_owned();
-                    let mut seen = into.lock().unwrap();
-                    for fix in json["fixes"].as_array().expect("fixes") {
-                        let ts = fix["ts"].as_u64().expect("ts");
-                        *seen.entry((courier.clone(), ts)).or_insert(0) += 1;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => panic!("the stream reader lost its connection: {e}"),
             }
-        }
+            drop(connection);
+        });
     });
-    granted.recv_timeout(locus_tests::PATIENCE).expect("the reader's SUBACK");
+    ready.recv_timeout(locus_tests::PATIENCE).expect("the AMQP reader bound its queue");
     seen
 }
 
@@ -110,7 +113,8 @@ fn a_worker_killed_mid_run_loses_no_acked_fix_and_stores_none_twice() {
 
     let mqtt = SocketAddr::from(([127, 0, 0, 1], node.mqtt_port));
     let reader = worker1.token_command(&["issue", "--role", "reader"]);
-    let streamed = stream_reader(mqtt, &reader);
+    let streamed = stream_reader(node.mqtt_port, &reader);
+    let amqp_streamed = amqp_stream_reader(amqp_port, &reader);
     let ids: Vec<String> = (0..12).map(|i| format!("cl-{i}")).collect();
     let mut couriers: Vec<TestCourier> = ids
         .iter()
@@ -210,6 +214,10 @@ fn a_worker_killed_mid_run_loses_no_acked_fix_and_stores_none_twice() {
     wait_for("every fix on the stream", || {
         let seen = streamed.lock().unwrap();
         all.iter().all(|key| seen.contains_key(key)).then_some(())
+    });
+    wait_for("every fix at the AMQP reader", || {
+        let seen = amqp_streamed.lock().unwrap();
+        all.iter().all(|key| seen.contains(key)).then_some(())
     });
 
     // The killed worker comes back on its own disk and catches up from the log stream.

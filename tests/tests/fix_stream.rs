@@ -3,7 +3,7 @@
 //! fix, after plugins (a zone-tagger plugin adds its attribute), once; couriers and other
 //! tokens cannot read the stream, and nobody but locusd writes it.
 
-use locus_sdk::topics;
+use locus_sdk::{topics, wire};
 use locus_tests::plugin_components::component;
 use locus_tests::{now_ms, report, wait_for, LocusServer, TestCourier, PATIENCE};
 use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
@@ -14,14 +14,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// A stream consumer: connects as `reader@{name}` with `token`, subscribes to `filter`, and
-/// sends every message it receives (topic, JSON) on the returned channel once the
+/// sends every message it receives (topic, payload) on the returned channel once the
 /// subscription is granted. The SUBACK's code is the first thing sent back.
 fn consumer(
     server: &LocusServer,
     name: &str,
     token: &str,
     filter: &str,
-) -> (SubscribeReasonCode, mpsc::Receiver<(String, Value)>) {
+) -> (SubscribeReasonCode, mpsc::Receiver<(String, Vec<u8>)>) {
     let mut options =
         rumqttc::MqttOptions::new(format!("reader@{name}"), "127.0.0.1", server.mqtt.port());
     options.set_credentials("reader", token);
@@ -38,8 +38,7 @@ fn consumer(
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let topic = publish.topic.clone();
-                    let json = serde_json::from_slice(&publish.payload).expect("stream JSON");
-                    if messages_tx.send((topic, json)).is_err() {
+                    if messages_tx.send((topic, publish.payload.to_vec())).is_err() {
                         return;
                     }
                 }
@@ -71,6 +70,9 @@ fn a_reader_receives_every_committed_fix_after_plugins_once() {
 
     let (code, all) = consumer(&server, "all", &reader, topics::ALL_FIXES);
     assert!(matches!(code, SubscribeReasonCode::Success(_)), "{code:?}");
+    // The same stream in the wire format.
+    let (code, all_wire) = consumer(&server, "wire", &reader, topics::ALL_FIXES_WIRE);
+    assert!(matches!(code, SubscribeReasonCode::Success(_)), "{code:?}");
     // One courier's stream with a real client of another make.
     let only_c2 = Command::new("timeout")
         .args(["60", "mosquitto_sub", "-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
@@ -83,7 +85,7 @@ fn a_reader_receives_every_committed_fix_after_plugins_once() {
     // Both consumers connected (mosquitto_sub subscribes right after): c2's commits below are
     // five, so it gets two of them even if its SUBSCRIBE comes a moment late.
     wait_for("mosquitto_sub to connect", || {
-        (server.metric("locus_mqtt_connected_clients") >= 2.0).then_some(())
+        (server.metric("locus_mqtt_connected_clients") >= 3.0).then_some(())
     });
 
     let t0 = now_ms() - 60_000;
@@ -107,7 +109,8 @@ fn a_reader_receives_every_committed_fix_after_plugins_once() {
 
     let mut received: BTreeMap<(String, u64), Value> = BTreeMap::new();
     wait_for("every committed fix on the stream", || {
-        while let Ok((topic, message)) = all.try_recv() {
+        while let Ok((topic, payload)) = all.try_recv() {
+            let message: Value = serde_json::from_slice(&payload).expect("stream JSON");
             let courier = message["courier"].as_str().expect("courier").to_owned();
             assert_eq!(topic, topics::fixes(&courier));
             for fix in message["fixes"].as_array().expect("fixes") {
@@ -126,6 +129,28 @@ fn a_reader_receives_every_committed_fix_after_plugins_once() {
         assert_eq!(fix["attributes"]["zone"], zone, "{courier}: {fix}");
     }
     assert!(server.metric("locus_fix_stream_messages_total") >= 2.0);
+
+    // The wire-format stream holds the same fixes, attributes and receive times.
+    let mut received_wire: BTreeMap<(String, u64), wire::CommittedFix> = BTreeMap::new();
+    wait_for("every committed fix on the wire-format stream", || {
+        while let Ok((topic, payload)) = all_wire.try_recv() {
+            let batch = wire::decode_fix_batch(&payload).expect("a FixBatch");
+            assert_eq!(topic, topics::fixes_wire(&batch.courier));
+            for fix in batch.fixes {
+                let key = (batch.courier.clone(), fix.fix.ts_ms);
+                assert!(received_wire.insert(key, fix).is_none(), "a fix twice");
+            }
+        }
+        (received_wire.len() >= sent.len()).then_some(())
+    });
+    assert_eq!(received_wire.keys().collect::<Vec<_>>(), received.keys().collect::<Vec<_>>());
+    for (key, fix) in &received_wire {
+        let json = &received[key];
+        assert_eq!(Some(fix.received_ms), json["received_ms"].as_u64());
+        assert!((fix.fix.lat() - json["lat"].as_f64().unwrap()).abs() < 1e-6);
+        let zone = fix.attributes.iter().find(|(k, _)| k == "zone").map(|(_, v)| v.as_str());
+        assert_eq!(zone, json["attributes"]["zone"].as_str());
+    }
 
     let only_c2 = only_c2.wait_with_output().expect("mosquitto_sub");
     assert!(only_c2.status.success(), "{only_c2:?}");

@@ -11,28 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The `locus-sim` binary, built once per test process with the same profile as the tests.
-fn sim_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/{profile}");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "locus-sim", "--bin", "locus-sim"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("running cargo build").success(),
-            "building locus-sim failed"
-        );
-        profile_dir.join("locus-sim")
-    })
-}
 
 /// A tokens file (`COURIER TOKEN` lines) for `ids`, issued by the server.
 fn tokens_file(server: &LocusServer, dir: &Path, ids: &[String]) -> PathBuf {
@@ -50,7 +30,7 @@ fn sim_ids(n: usize) -> Vec<String> {
 
 /// `locus-sim` with common flags: fast batching, quick reconnects, fixes logged.
 fn sim_command(broker: &str, data_dir: &Path, tokens: Option<&Path>, extra: &[&str]) -> Command {
-    let mut command = Command::new(sim_bin());
+    let mut command = Command::new(locus_tests::locus_sim());
     command
         .args(["--broker", broker])
         .arg("--data-dir")

@@ -25,7 +25,7 @@ pub struct HttpConfig {
     /// Largest request body read by the API, bytes (plugin uploads have their own limit).
     pub max_body_bytes: usize,
     /// Serve `POST /rabbitmq/auth/{user,vhost,resource,topic}` for a RabbitMQ broker's HTTP
-    /// auth backend (README, "Devices on RabbitMQ"); default off.
+    /// auth backend (README, "Running at scale"); default off.
     pub rabbitmq_auth_backend: bool,
 }
 

@@ -16,8 +16,8 @@
 //!     x-locus-topic = couriers/{id}/events: events share the courier's seqs with its
 //!     reports, so they must reach the partition of its locations, and the hash only sees
 //!     the whole routing key
-//! amq.topic ──fixes.#──▶ locus.fixes (topic): the live fix stream for AMQP consumers;
-//!     MQTT readers subscribe to fixes/+ as in embedded mode
+//! amq.topic ──fixes.#, fixes-wire.#──▶ locus.fixes (topic): the live fix stream for AMQP
+//!     consumers; MQTT readers subscribe to fixes/+ (fixes-wire/+) as in embedded mode
 //! locus.log (a RabbitMQ stream): every log entry a worker committed and acked, which every
 //!     other worker applies to its views, so any worker answers any read
 //! ```
@@ -59,7 +59,7 @@ pub const MQTT_EXCHANGE: &str = "amq.topic";
 /// The consistent-hash exchange that partitions reports.
 pub const REPORTS_EXCHANGE: &str = "locus.reports";
 /// The fix stream's exchange for AMQP consumers.
-pub const FIXES_EXCHANGE: &str = "locus.fixes";
+pub use crate::mqtt::external_auth::FIXES_EXCHANGE;
 /// The stream of log entries workers share.
 pub const LOG_STREAM: &str = "locus.log";
 /// The consumer number of the log stream in [`Settle`]s (partitions are `0..N`).
@@ -247,13 +247,7 @@ impl Worker {
         declare_topology(&publisher, &self.config).await?;
         // The stream and the log entries go on a channel of their own with publisher
         // confirms: acks wait for them.
-        let confirmed = connection.open_channel(None).await.map_err(|e| e.to_string())?;
-        let confirms = Confirms::default();
-        confirmed.register_callback(confirms.clone()).await.map_err(|e| e.to_string())?;
-        confirmed
-            .confirm_select(ConfirmSelectArguments::default())
-            .await
-            .map_err(|e| format!("turning on publisher confirms: {e}"))?;
+        let (confirmed, confirms) = open_confirmed_channel(connection).await?;
         let mut next_tag = 1u64;
         let mut consumers: HashMap<u32, Channel> = HashMap::new();
         consumers.insert(LOG_CONSUMER, self.follow_log(connection, generation).await?);
@@ -320,11 +314,7 @@ impl Worker {
         p: u32,
         generation: u64,
     ) -> Result<Channel, String> {
-        let channel = open_channel(connection).await?;
-        channel
-            .basic_qos(BasicQosArguments::new(0, self.config.prefetch, false))
-            .await
-            .map_err(|e| format!("setting prefetch: {e}"))?;
+        let channel = open_consumer_channel(connection, self.config.prefetch).await?;
         let queue = partition_queue(p);
         let args = BasicConsumeArguments::new(&queue, "").manual_ack(true).finish();
         let (_, mut rx) =
@@ -372,18 +362,8 @@ impl Worker {
     /// courier's partition, acking it once RabbitMQ confirmed the forward: at least once, and
     /// the partition's seqs make a repeat a duplicate.
     async fn forward_events(&self, connection: &Connection) -> Result<(), String> {
-        let channel = open_channel(connection).await?;
-        channel
-            .basic_qos(BasicQosArguments::new(0, self.config.prefetch, false))
-            .await
-            .map_err(|e| format!("setting prefetch: {e}"))?;
-        let forward = connection.open_channel(None).await.map_err(|e| e.to_string())?;
-        let confirms = Confirms::default();
-        forward.register_callback(confirms.clone()).await.map_err(|e| e.to_string())?;
-        forward
-            .confirm_select(ConfirmSelectArguments::default())
-            .await
-            .map_err(|e| format!("turning on publisher confirms: {e}"))?;
+        let channel = open_consumer_channel(connection, self.config.prefetch).await?;
+        let (forward, confirms) = open_confirmed_channel(connection).await?;
         let args = BasicConsumeArguments::new(EVENTS_QUEUE, "").manual_ack(true).finish();
         let (_, mut rx) = channel
             .basic_consume_rx(args)
@@ -446,16 +426,18 @@ impl Worker {
         log_entries: Vec<Vec<u8>>,
     ) -> Result<(), String> {
         let mut last = None;
-        for (topic, json) in stream {
+        for (topic, payload) in stream {
             let routing_key = topic.replace('/', ".");
+            let content_type = match routing_key.starts_with("fixes-wire.") {
+                true => "application/octet-stream",
+                false => "application/json",
+            };
             let mut properties = BasicProperties::default();
-            properties
-                .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
-                .with_content_type("application/json");
+            properties.with_delivery_mode(DELIVERY_MODE_PERSISTENT).with_content_type(content_type);
             let args = BasicPublishArguments::new(MQTT_EXCHANGE, &routing_key);
             confirms.expect(*next_tag);
             channel
-                .basic_publish(properties, json, args)
+                .basic_publish(properties, payload, args)
                 .await
                 .map_err(|e| format!("publishing on {routing_key}: {e}"))?;
             last = Some(*next_tag);
@@ -487,12 +469,8 @@ impl Worker {
         connection: &Connection,
         generation: u64,
     ) -> Result<Channel, String> {
-        let channel = open_channel(connection).await?;
         // A stream consumer needs a prefetch; its acks are credit, not removal.
-        channel
-            .basic_qos(BasicQosArguments::new(0, self.config.prefetch, false))
-            .await
-            .map_err(|e| format!("setting prefetch: {e}"))?;
+        let channel = open_consumer_channel(connection, self.config.prefetch).await?;
         let applied = self
             .store
             .replay_progress(REPLICA_PROGRESS_KEY)
@@ -681,6 +659,28 @@ async fn open_channel(connection: &Connection) -> Result<Channel, String> {
     Ok(channel)
 }
 
+/// A channel for a consumer: at most `prefetch` deliveries unsettled on it.
+async fn open_consumer_channel(connection: &Connection, prefetch: u16) -> Result<Channel, String> {
+    let channel = open_channel(connection).await?;
+    channel
+        .basic_qos(BasicQosArguments::new(0, prefetch, false))
+        .await
+        .map_err(|e| format!("setting prefetch: {e}"))?;
+    Ok(channel)
+}
+
+/// A channel whose publishes RabbitMQ confirms, and the confirms as they come.
+async fn open_confirmed_channel(connection: &Connection) -> Result<(Channel, Confirms), String> {
+    let channel = connection.open_channel(None).await.map_err(|e| e.to_string())?;
+    let confirms = Confirms::default();
+    channel.register_callback(confirms.clone()).await.map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectArguments::default())
+        .await
+        .map_err(|e| format!("turning on publisher confirms: {e}"))?;
+    Ok((channel, confirms))
+}
+
 /// Declares the exchanges, the partition queues, the log stream and their bindings (see the
 /// module doc).
 async fn declare_topology(channel: &Channel, config: &RabbitConfig) -> Result<(), String> {
@@ -698,8 +698,10 @@ async fn declare_topology(channel: &Channel, config: &RabbitConfig) -> Result<()
         let bind = ExchangeBindArguments::new(REPORTS_EXCHANGE, MQTT_EXCHANGE, key);
         channel.exchange_bind(bind).await.map_err(failed(key))?;
     }
-    let bind = ExchangeBindArguments::new(FIXES_EXCHANGE, MQTT_EXCHANGE, "fixes.#");
-    channel.exchange_bind(bind).await.map_err(failed("fixes.#"))?;
+    for key in ["fixes.#", "fixes-wire.#"] {
+        let bind = ExchangeBindArguments::new(FIXES_EXCHANGE, MQTT_EXCHANGE, key);
+        channel.exchange_bind(bind).await.map_err(failed(key))?;
+    }
     let quorum = |arguments: &mut FieldTable| {
         let key = |k: &str| k.try_into().expect("a short AMQP field name");
         let text = |v: &str| FieldValue::S(v.try_into().expect("short"));

@@ -16,9 +16,15 @@
 //!   publish and read as a subscription of the client `variable_map.client_id`, asked of
 //!   [`TopicPolicy::check`]. RabbitMQ does not escape a `.` inside a topic level, so ids with
 //!   a `.` cannot be told apart from two levels there: they are refused in this mode.
+//!
+//! AMQP clients (no client id) are known only as fix stream readers: username `reader` with a
+//! reader token. They may read the exchange [`FIXES_EXCHANGE`], bind to it what a reader may
+//! subscribe to over MQTT (`fixes.*`, `fixes.#`, `fixes.{courier}`), and own queues named by
+//! the server (`amq.gen-…`) or `reader.…` (shared by every reader token: one principal).
+//! locusd's workers log in as an internal RabbitMQ user, never through here.
 
 use super::policy::{Action, Principal, TopicPolicy};
-use crate::auth::TokenAuthority;
+use crate::auth::{Role, TokenAuthority};
 use crate::metrics::Metrics;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -28,6 +34,10 @@ const VHOST: &str = "/";
 
 /// The exchange RabbitMQ's MQTT plugin publishes to and binds subscriptions on.
 const MQTT_EXCHANGE: &str = "amq.topic";
+
+/// The live fix stream's exchange for AMQP readers in cluster mode (`cluster::rabbitmq`
+/// declares it and binds it to `amq.topic`'s `fixes.#`).
+pub const FIXES_EXCHANGE: &str = "locus.fixes";
 
 /// The `user` path's form.
 #[derive(Debug, Deserialize)]
@@ -117,7 +127,18 @@ impl ExternalAuth {
             Some(client_id) => {
                 super::check_connect(auth, &self.policy, client_id, &form.username, &form.password)
             }
-            None => Err("no client id: only MQTT clients are known to this policy".to_owned()),
+            // AMQP: only fix stream readers.
+            None => {
+                let subject = Role::Reader.fixed_subject().unwrap_or("reader");
+                match form.username == subject {
+                    true => auth
+                        .verify(Role::Reader, subject, &form.password)
+                        .map_err(|e| e.to_string()),
+                    false => Err("an AMQP login without a client id must be a fix stream reader \
+                                  (username reader, a reader token)"
+                        .to_owned()),
+                }
+            }
         };
         if let Err(reason) = &verdict {
             let client_id = form.client_id.as_deref().unwrap_or("");
@@ -139,6 +160,9 @@ impl ExternalAuth {
         if form.vhost != VHOST {
             return false;
         }
+        if form.client_id.is_none() {
+            return amqp_reader_resource(form);
+        }
         match form.resource.as_str() {
             "exchange" => form.name == MQTT_EXCHANGE && form.permission != "configure",
             "queue" => form.client_id.as_ref().is_some_and(|client_id| {
@@ -155,23 +179,44 @@ impl ExternalAuth {
         if self.auth.is_none() {
             return true;
         }
-        let Some(client_id) = &form.client_id else { return false };
-        if form.vhost != VHOST || form.name != MQTT_EXCHANGE {
+        if form.vhost != VHOST {
             return false;
         }
+        let (client_id, principal) = match &form.client_id {
+            Some(client_id) if form.name == MQTT_EXCHANGE => {
+                (client_id.as_str(), Principal::of_client(client_id))
+            }
+            // An AMQP reader binding a queue to the stream's exchange (it was let in as one).
+            None if form.name == FIXES_EXCHANGE && form.username == "reader" => {
+                ("reader (AMQP)", Principal::Reader)
+            }
+            _ => return false,
+        };
         let topic = mqtt_topic(&form.routing_key);
         let action = match form.permission.as_str() {
             "write" => Action::Publish(&topic),
             "read" => Action::Subscribe(&topic),
             _ => return false,
         };
-        match self.policy.check(Principal::of_client(client_id), action) {
+        match self.policy.check(principal, action) {
             Ok(()) => true,
             Err(denial) => {
                 super::record_denial(&self.metrics, client_id, action, denial);
                 false
             }
         }
+    }
+}
+
+/// What an AMQP fix stream reader may use: read the stream's exchange, and its own queues.
+fn amqp_reader_resource(form: &ResourceForm) -> bool {
+    if form.username != "reader" {
+        return false;
+    }
+    match form.resource.as_str() {
+        "exchange" => form.name == FIXES_EXCHANGE && form.permission == "read",
+        "queue" => form.name.starts_with("amq.gen-") || form.name.starts_with("reader."),
+        _ => false,
     }
 }
 
@@ -187,7 +232,6 @@ fn mqtt_topic(routing_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
 
     fn setup() -> (ExternalAuth, Arc<TokenAuthority>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -250,6 +294,46 @@ mod tests {
         assert!(resource("queue", "mqtt-subscription-c1qos1", "configure"));
         assert!(!resource("queue", "mqtt-subscription-c2qos1", "read"));
         assert!(external.vhost(&VhostForm { username: "c1".into(), vhost: "/".into() }));
+        // Over AMQP only readers: the stream's exchange and their own queues.
+        let reader_token = auth.issue(Role::Reader, "reader");
+        let amqp_user = |username: &str, password: &str| {
+            external.user(&UserForm {
+                username: username.into(),
+                password: password.into(),
+                client_id: None,
+            })
+        };
+        assert!(amqp_user("reader", &reader_token));
+        assert!(!amqp_user("reader", &token));
+        assert!(!amqp_user("c1", &token));
+        let amqp = |resource: &str, name: &str, permission: &str| {
+            external.resource(&ResourceForm {
+                username: "reader".into(),
+                vhost: "/".into(),
+                resource: resource.into(),
+                name: name.into(),
+                permission: permission.into(),
+                client_id: None,
+            })
+        };
+        assert!(amqp("exchange", FIXES_EXCHANGE, "read"));
+        assert!(!amqp("exchange", FIXES_EXCHANGE, "write"));
+        assert!(!amqp("exchange", "amq.topic", "read"));
+        assert!(amqp("queue", "amq.gen-Xy1", "configure"));
+        assert!(amqp("queue", "reader.analytics", "read"));
+        assert!(!amqp("queue", "locus.reports.0", "read"));
+        let bind = |key: &str| {
+            external.topic(&TopicForm {
+                username: "reader".into(),
+                vhost: "/".into(),
+                name: FIXES_EXCHANGE.into(),
+                permission: "read".into(),
+                routing_key: key.into(),
+                client_id: None,
+            })
+        };
+        assert!(bind("fixes.*") && bind("fixes.#") && bind("fixes.c1"));
+        assert!(!bind("#") && !bind("couriers.*.locations"));
         assert!(!external.vhost(&VhostForm { username: "c1".into(), vhost: "other".into() }));
     }
 }

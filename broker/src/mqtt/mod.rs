@@ -73,27 +73,45 @@ pub struct BrokerLink {
     pub stream_demand: StreamDemand,
 }
 
-/// Whether anyone reads the live fix stream (`fixes/{courier}`): set by the first reader's
-/// granted subscription and kept from then on (a consumer that reconnects expects the stream
-/// to be there). Until then the pipeline builds no stream messages, which cost up to a fifth of
-/// the throughput at 10 fixes per report with nobody listening (README, Benchmarks). Without
-/// token checks, any subscription whose filter can match `fixes/…` sets it.
+/// Whether anyone reads the live fix stream, in JSON (`fixes/{courier}`) and in the wire
+/// format (`fixes-wire/{courier}`): each set by the first reader's granted subscription to it
+/// and kept from then on (a consumer that reconnects expects the stream to be there). Until
+/// then the pipeline builds no stream messages of that format, which cost up to a fifth of the
+/// throughput at 10 fixes per report with nobody listening (README, Benchmarks). Without token
+/// checks, any subscription whose filter can match the topics sets it.
 #[derive(Debug, Clone, Default)]
-pub struct StreamDemand(Arc<std::sync::atomic::AtomicBool>);
+pub struct StreamDemand(Arc<[std::sync::atomic::AtomicBool; 2]>);
 
 impl StreamDemand {
-    /// A stream that is always wanted.
+    /// Both formats, always wanted.
     pub fn always() -> StreamDemand {
-        StreamDemand(Arc::new(true.into()))
+        StreamDemand(Arc::new([true.into(), true.into()]))
     }
 
-    /// Whether a reader has subscribed.
-    pub fn is_wanted(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether a reader subscribed to the JSON stream.
+    pub fn json(&self) -> bool {
+        self.0[0].load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn want(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Whether a reader subscribed to the wire-format stream.
+    pub fn wire(&self) -> bool {
+        self.0[1].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A subscription to `filter` was granted: the formats it can match are wanted.
+    fn want(&self, filter: &str) {
+        let filter = match filter.strip_prefix("$share/") {
+            Some(shared) => shared.split_once('/').map_or("", |(_, rest)| rest),
+            None => filter,
+        };
+        let root = filter.split('/').next().unwrap_or("");
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        if matches!(root, "fixes" | "+" | "#") {
+            self.0[0].store(true, relaxed);
+        }
+        if matches!(root, "fixes-wire" | "+" | "#") {
+            self.0[1].store(true, relaxed);
+        }
     }
 }
 
@@ -281,9 +299,7 @@ fn connection_settings(
         let stream_demand = stream_demand.clone();
         settings.set_acl_handler(move |_: &ClientIdentity, action: &AclAction<'_>| {
             if let AclAction::Subscribe { filter } = *action {
-                if may_match_fix_stream(filter) {
-                    stream_demand.want();
-                }
+                stream_demand.want(filter);
             }
             true
         });
@@ -302,8 +318,8 @@ fn connection_settings(
             let who = Principal::of_client(&client.client_id);
             match policy.check(who, action) {
                 Ok(()) => {
-                    if let (Principal::Reader, Action::Subscribe(_)) = (who, action) {
-                        stream_demand.want();
+                    if let (Principal::Reader, Action::Subscribe(filter)) = (who, action) {
+                        stream_demand.want(filter);
                     }
                     true
                 }
@@ -410,16 +426,6 @@ fn record_denial(metrics: &Metrics, client_id: &str, action: Action<'_>, denial:
     );
 }
 
-/// Whether a subscription filter can match a `fixes/{courier}` topic (`fixes/…`, `+/…`, `#`,
-/// also shared).
-fn may_match_fix_stream(filter: &str) -> bool {
-    let filter = match filter.strip_prefix("$share/") {
-        Some(shared) => shared.split_once('/').map_or("", |(_, rest)| rest),
-        None => filter,
-    };
-    matches!(filter.split('/').next(), Some("fixes" | "+" | "#"))
-}
-
 /// Client ids no device may use, whatever its credentials.
 fn check_client_id(client_id: &str) -> Result<(), String> {
     if policy::is_reserved_client_id(client_id) {
@@ -514,16 +520,27 @@ fn check_courier(
 
 #[cfg(test)]
 mod tests {
-    use super::may_match_fix_stream;
+    use super::StreamDemand;
 
     #[test]
     fn filters_that_can_match_the_fix_stream_are_told_apart() {
-        for filter in ["fixes/+", "fixes/c1", "#", "+/c1", "$share/g/fixes/+", "$share/g/#"] {
-            assert!(may_match_fix_stream(filter), "{filter}");
+        let demand = |filter: &str| {
+            let demand = StreamDemand::default();
+            demand.want(filter);
+            (demand.json(), demand.wire())
+        };
+        for filter in ["fixes/+", "fixes/c1", "$share/g/fixes/+"] {
+            assert_eq!(demand(filter), (true, false), "{filter}");
+        }
+        for filter in ["fixes-wire/+", "fixes-wire/c1", "$share/g/fixes-wire/#"] {
+            assert_eq!(demand(filter), (false, true), "{filter}");
+        }
+        for filter in ["#", "+/c1", "$share/g/#"] {
+            assert_eq!(demand(filter), (true, true), "{filter}");
         }
         for filter in ["couriers/c1/acks", "orders/+/status", "$share/g/couriers/+/acks", "$share"]
         {
-            assert!(!may_match_fix_stream(filter), "{filter}");
+            assert_eq!(demand(filter), (false, false), "{filter}");
         }
     }
 }

@@ -42,7 +42,7 @@
 //! | action    | allowed                                                   |
 //! |-----------|-----------------------------------------------------------|
 //! | publish   | nothing                                                   |
-//! | subscribe | `fixes/+`, `fixes/#` or exactly `fixes/{courier}`          |
+//! | subscribe | `fixes/+`, `fixes/#` or exactly `fixes/{courier}`; the same under `fixes-wire/` |
 //! | last will | nothing                                                   |
 //!
 //! So nobody but locusd writes `couriers/{id}/acks` or anything under `orders/`: locusd publishes
@@ -238,7 +238,7 @@ impl TopicPolicy {
             (Principal::Reader, Action::Subscribe(filter)) => may_read_stream(filter),
             (Principal::Reader, Action::Publish(topic) | Action::Will(topic)) => {
                 match topic.split('/').next() {
-                    Some("couriers" | "orders" | "fixes") => Err(Denial::ServerOnly),
+                    Some("couriers" | "orders" | "fixes" | "fixes-wire") => Err(Denial::ServerOnly),
                     _ => Err(Denial::UnknownTopic),
                 }
             }
@@ -297,15 +297,14 @@ fn classify(courier: &str, topic: &str) -> Denial {
     }
 }
 
-/// A reader subscribes to the whole fix stream or one courier's, nothing else.
+/// A reader subscribes to the whole fix stream or one courier's, in JSON (`fixes/…`) or the
+/// wire format (`fixes-wire/…`), nothing else.
 fn may_read_stream(filter: &str) -> Result<(), Denial> {
-    if filter == topics::ALL_FIXES || filter == "fixes/#" {
-        return Ok(());
-    }
     match filter.split('/').collect::<Vec<_>>().as_slice() {
-        ["fixes", courier] if topics::is_valid_id(courier) => Ok(()),
+        ["fixes" | "fixes-wire", "+" | "#"] => Ok(()),
+        ["fixes" | "fixes-wire", courier] if topics::is_valid_id(courier) => Ok(()),
         ["$share", ..] => Err(Denial::Wildcard),
-        ["fixes", ..] | ["couriers", ..] | ["orders", ..] | ["edge", ..] => {
+        ["fixes" | "fixes-wire", ..] | ["couriers", ..] | ["orders", ..] | ["edge", ..] => {
             Err(Denial::NotPermitted)
         }
         _ => Err(Denial::UnknownTopic),
@@ -369,7 +368,7 @@ mod tests {
         let reader = Principal::of_client("reader@analytics-1");
         assert_eq!(reader, Principal::Reader);
         let check = |action| policy.check(reader, action);
-        for filter in ["fixes/+", "fixes/#", "fixes/c1"] {
+        for filter in ["fixes/+", "fixes/#", "fixes/c1", "fixes-wire/+", "fixes-wire/c1"] {
             assert_eq!(check(Action::Subscribe(filter)), Ok(()), "{filter}");
         }
         assert_eq!(check(Action::Subscribe("fixes/c1/x")), Err(Denial::NotPermitted));

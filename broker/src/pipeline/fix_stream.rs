@@ -5,7 +5,9 @@
 //! Enters: a commit's record, taken by the intake before the store consumes it
 //! ([`StreamBatch::of`]). Leaves, once the flush made it durable: one message per courier of
 //! that commit, `{"courier","fixes":[{"ts","lat","lon",...,"attributes"?,"received_ms"}]}`,
-//! oldest first, the fix fields as everywhere else (`locus_sdk::wire::json::FixJson`).
+//! oldest first, the fix fields as everywhere else (`locus_sdk::wire::json::FixJson`), on
+//! `fixes/{courier}`; and/or the same fixes in the wire format (`locus_sdk::wire::FixBatch`,
+//! postcard) on `fixes-wire/{courier}`, each form only once a reader subscribed to it.
 //!
 //! Nothing is built until a reader has subscribed (`mqtt::StreamDemand`). Then the intake
 //! only clones the record's fixes; the JSON is written on the committer thread after the acks
@@ -16,6 +18,7 @@
 //! InfluxDB.
 
 use crate::store::{CommitRecord, FixFields, LoggedFix};
+use locus_sdk::wire;
 use serde::Serialize;
 
 /// What one commit adds to the stream, waiting for its flush.
@@ -24,6 +27,9 @@ pub(super) struct StreamBatch {
     received_ms: u64,
     couriers: Vec<String>,
     fixes: Vec<LoggedFix>,
+    /// Which forms to publish: JSON on `fixes/…`, the wire format on `fixes-wire/…`.
+    json: bool,
+    wire: bool,
 }
 
 /// One message: a courier's fixes from one commit.
@@ -35,12 +41,18 @@ struct StreamMessage<'a> {
 }
 
 impl StreamBatch {
-    /// The fixes `record` commits, copied before the store takes it.
-    pub(super) fn of(record: &CommitRecord) -> StreamBatch {
+    /// The fixes `record` commits, copied before the store takes it, for the JSON stream,
+    /// the wire-format stream or both. Nothing is copied when neither is wanted.
+    pub(super) fn of(record: &CommitRecord, json: bool, wire: bool) -> StreamBatch {
+        if !(json || wire) {
+            return StreamBatch::default();
+        }
         StreamBatch {
             received_ms: record.received_ms,
             couriers: record.couriers.clone(),
             fixes: record.fixes.clone(),
+            json,
+            wire,
         }
     }
 
@@ -49,25 +61,44 @@ impl StreamBatch {
         self.fixes.is_empty()
     }
 
-    /// The messages, `(topic, JSON)`, one per courier with fixes, in the order couriers first
-    /// appear in the commit.
+    /// The messages, `(topic, payload)`: per courier with fixes, in the order couriers first
+    /// appear in the commit, its JSON message and/or its wire-format one.
     pub(super) fn messages(&self) -> Vec<(String, Vec<u8>)> {
-        let mut by_courier: Vec<Vec<FixFields>> =
+        let mut by_courier: Vec<Vec<&LoggedFix>> =
             self.couriers.iter().map(|_| Vec::new()).collect();
         for logged in &self.fixes {
             let Some(fixes) = by_courier.get_mut(logged.courier as usize) else { continue };
-            fixes.push(FixFields::new(&logged.fix, &logged.attributes, self.received_ms));
+            fixes.push(logged);
         }
-        self.couriers
-            .iter()
-            .zip(by_courier)
-            .filter(|(_, fixes)| !fixes.is_empty())
-            .map(|(courier, fixes)| {
-                let message = StreamMessage { courier, fixes };
+        let mut messages = Vec::new();
+        for (courier, fixes) in self.couriers.iter().zip(by_courier) {
+            if fixes.is_empty() {
+                continue;
+            }
+            if self.json {
+                let fields = fixes
+                    .iter()
+                    .map(|f| FixFields::new(&f.fix, &f.attributes, self.received_ms))
+                    .collect();
+                let message = StreamMessage { courier, fixes: fields };
                 let json = serde_json::to_vec(&message).expect("a stream message serializes");
-                (locus_sdk::topics::fixes(courier), json)
-            })
-            .collect()
+                messages.push((locus_sdk::topics::fixes(courier), json));
+            }
+            if self.wire {
+                let fixes = fixes
+                    .iter()
+                    .map(|f| wire::CommittedFix {
+                        fix: f.fix.clone(),
+                        attributes: f.attributes.clone(),
+                        received_ms: self.received_ms,
+                    })
+                    .collect();
+                let batch = wire::FixBatch { courier: courier.clone(), fixes };
+                messages
+                    .push((locus_sdk::topics::fixes_wire(courier), wire::encode_fix_batch(&batch)));
+            }
+        }
+        messages
     }
 }
 
@@ -84,7 +115,8 @@ mod tests {
         builder.fix("c1", Fix::from_degrees(10, 1.5, 2.5), vec![("zone".into(), "north".into())]);
         builder.fix("c2", Fix::from_degrees(11, -1.0, 0.0), Vec::new());
         builder.fix("c1", Fix::from_degrees(12, 1.6, 2.6), Vec::new());
-        let batch = StreamBatch::of(&builder.finish());
+        let record = builder.finish();
+        let batch = StreamBatch::of(&record, true, false);
         assert!(!batch.is_empty());
         let messages = batch.messages();
         let topics: Vec<&str> = messages.iter().map(|(t, _)| t.as_str()).collect();
@@ -98,5 +130,17 @@ mod tests {
             ]})
         );
         assert!(StreamBatch::default().messages().is_empty());
+        assert!(StreamBatch::of(&record, false, false).is_empty());
+
+        // The wire form: the same fixes, postcard, on fixes-wire/{courier}.
+        let both = StreamBatch::of(&record, true, true).messages();
+        let topics: Vec<&str> = both.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(topics, ["fixes/c1", "fixes-wire/c1", "fixes/c2", "fixes-wire/c2"]);
+        let c1 = wire::decode_fix_batch(&both[1].1).unwrap();
+        assert_eq!(c1.courier, "c1");
+        assert_eq!(c1.fixes.len(), 2);
+        assert_eq!(c1.fixes[0].fix, Fix::from_degrees(10, 1.5, 2.5));
+        assert_eq!(c1.fixes[0].attributes, [("zone".to_owned(), "north".to_owned())]);
+        assert_eq!(c1.fixes[1].received_ms, 1000);
     }
 }

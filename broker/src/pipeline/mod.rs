@@ -935,10 +935,9 @@ fn run_intake(
         };
         let BuiltBatch { commit, acks, reports, fixes, order_changes, notifications_through } =
             built;
-        let stream = match intake.config.stream_fixes && stream_demand.is_wanted() {
-            true => fix_stream::StreamBatch::of(&commit.record),
-            false => fix_stream::StreamBatch::default(),
-        };
+        let on = intake.config.stream_fixes;
+        let (json, wire) = (on && stream_demand.json(), on && stream_demand.wire());
+        let stream = fix_stream::StreamBatch::of(&commit.record, json, wire);
         let replicate = match intake.replicate {
             true => crate::store::encode_for_replicas(&commit),
             false => Vec::new(),

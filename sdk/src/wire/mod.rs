@@ -401,24 +401,34 @@ impl Message {
 
 /// Encodes a message: the version byte, then postcard.
 pub fn encode(message: &Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32);
-    out.push(VERSION);
-    // Serializing into a Vec cannot fail for these types: they hold no maps or unsized sequences
-    // postcard refuses, and allocation failure aborts.
-    postcard::to_extend(message, out).expect("postcard encoding into a Vec is infallible")
+    versioned(message, 32)
 }
 
 /// Decodes any message, refusing unknown versions, truncation and trailing bytes.
 pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
+    unversioned(bytes)
+}
+
+/// The version byte, then `value` in postcard.
+fn versioned<T: Serialize>(value: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    out.push(VERSION);
+    // Serializing into a Vec cannot fail for these types: they hold no maps or unsized sequences
+    // postcard refuses, and allocation failure aborts.
+    postcard::to_extend(value, out).expect("postcard encoding into a Vec is infallible")
+}
+
+/// What [`versioned`] wrote, refusing unknown versions, truncation and trailing bytes.
+fn unversioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     if version != VERSION {
         return Err(WireError::UnknownVersion(version));
     }
-    let (message, rest) = postcard::take_from_bytes(body).map_err(WireError::Malformed)?;
+    let (value, rest) = postcard::take_from_bytes(body).map_err(WireError::Malformed)?;
     if !rest.is_empty() {
         return Err(WireError::TrailingBytes(rest.len()));
     }
-    Ok(message)
+    Ok(value)
 }
 
 /// Encodes a report (see [`encode`]).
@@ -474,6 +484,41 @@ pub fn decode_edge_batch(bytes: &[u8]) -> Result<EdgeBatch, WireError> {
         Message::EdgeBatch(batch) => Ok(batch),
         other => Err(WireError::UnexpectedKind(other.kind())),
     }
+}
+
+/// Server → readers on `fixes-wire/{courier}`: the live fix stream in the wire format, the
+/// same fixes as the JSON stream on `fixes/{courier}` (one message per courier per commit).
+/// Not a [`Message`]: the topic says what it is. Encoded as the version byte, then postcard
+/// ([`encode_fix_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixBatch {
+    /// The courier.
+    pub courier: String,
+    /// Its fixes from one commit, oldest first.
+    pub fixes: Vec<CommittedFix>,
+}
+
+/// A fix as committed: as the device sent it (or as plugins changed it), with the attributes
+/// plugins added and when the server received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedFix {
+    /// The fix.
+    pub fix: Fix,
+    /// Attributes added by plugins, `(name, value)`, in the order they were added.
+    pub attributes: Vec<(String, String)>,
+    /// Server receive time, Unix milliseconds.
+    pub received_ms: u64,
+}
+
+/// Encodes a message of the wire-format fix stream: the version byte, then postcard.
+pub fn encode_fix_batch(batch: &FixBatch) -> Vec<u8> {
+    versioned(batch, 16 + batch.fixes.len() * 24)
+}
+
+/// Decodes a message of the wire-format fix stream, refusing unknown versions, truncation and
+/// trailing bytes.
+pub fn decode_fix_batch(bytes: &[u8]) -> Result<FixBatch, WireError> {
+    unversioned(bytes)
 }
 
 impl Fix {
@@ -591,6 +636,31 @@ pub(crate) fn round_half_away(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fix_batch_round_trips_and_refuses_what_is_not_one() {
+        let batch = FixBatch {
+            courier: "c1".into(),
+            fixes: vec![CommittedFix {
+                fix: Fix::from_degrees(1_700_000_000_000, 41.3851, 2.1734),
+                attributes: vec![("zone".into(), "centre".into())],
+                received_ms: 1_700_000_000_420,
+            }],
+        };
+        let bytes = encode_fix_batch(&batch);
+        // The example in WIRE.md.
+        let hex: String = bytes.iter().map(|b| alloc::format!("{b:02x}")).collect();
+        let documented = "01 02 6331 01 80d095ffbc31 f0f5d68a03 e089dd14 00 01 047a6f6e65 \
+                          0663656e747265 a4d395ffbc31";
+        assert_eq!(hex, documented.replace(' ', ""));
+        assert_eq!(decode_fix_batch(&bytes), Ok(batch));
+        assert_eq!(decode_fix_batch(&[]), Err(WireError::Empty));
+        assert_eq!(decode_fix_batch(&[9, 0]), Err(WireError::UnknownVersion(9)));
+        assert!(decode_fix_batch(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_fix_batch(&longer), Err(WireError::TrailingBytes(1)));
+    }
     use alloc::vec;
 
     fn one_fix_report(seq: u64) -> Report {
