@@ -27,8 +27,11 @@ command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)   # tests/tls.rs: HTTPS with --cacert
 # tests/order_notifications.rs: a local SMTP sink (Debian's aiosmtpd, for the system python3).
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
-# tests/rabbitmq_auth.rs: a real RabbitMQ node (scripts/rabbitmq-node.sh; Debian's 3.10).
+# tests/rabbitmq_auth.rs, cluster.rs, cluster_script.rs: real RabbitMQ nodes
+# (scripts/rabbitmq-node.sh, scripts/cluster.sh; Debian's 3.10).
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+# tests/alerts.rs: promtool checks and unit-tests dashboards/alerts.yml (Debian's prometheus).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   sudo_cmd=""

@@ -326,17 +326,16 @@ impl LocusServer {
     /// The value of a Prometheus sample (`name` with labels as written, e.g.
     /// `locus_dead_letters_total{reason="malformed"}`), 0 if absent.
     pub fn metric(&self, sample: &str) -> f64 {
-        let text = self
-            .http_client
+        sample_value(&self.metrics_text(), sample)
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.http_client
             .get(self.url("/metrics"))
             .send()
             .and_then(|r| r.text())
-            .expect("GET /metrics");
-        text.lines()
-            .filter_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .filter_map(|value| value.split_whitespace().next()?.parse().ok())
-            .next()
-            .unwrap_or(0.0)
+            .expect("GET /metrics")
     }
 
     /// The committed track of a courier (up to 10,000 fixes), as `ts` values.
@@ -535,6 +534,17 @@ impl TestCourier {
             }
         }
     }
+}
+
+/// The value of `sample` (a name with its labels, as printed) in Prometheus text; 0 when
+/// absent.
+pub fn sample_value(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .filter_map(|value| value.split_whitespace().next()?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
 }
 
 /// A one-fix report at `ts` near Barcelona.

@@ -7,7 +7,7 @@
 //! once it is back (its first node is the dead one), and the reader saw every one.
 
 use locus_tests::rabbitmq::stream_reader;
-use locus_tests::{locus_sim, locusd, wait_for, PATIENCE};
+use locus_tests::{locus_sim, locusd, sample_value, wait_for, PATIENCE};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -153,7 +153,7 @@ fn a_worker_and_a_broker_node_killed_mid_run_lose_no_acked_fix() {
     // Both workers take reports; then one dies, then a node.
     let committed = |i: usize| {
         let metrics = cluster.get_text(i, "/metrics");
-        metric(&metrics, "locus_fixes_committed_total")
+        sample_value(&metrics, "locus_fixes_committed_total")
     };
     wait_for("both workers committing", || {
         (committed(0) > 0.0 && committed(1) > 0.0).then_some(())
@@ -213,11 +213,4 @@ impl Cluster {
         let request = self.http.get(url).bearer_auth(self.var("ADMIN_TOKEN"));
         request.send().and_then(|r| r.text()).unwrap_or_default()
     }
-}
-
-/// A sample's value in Prometheus text (0 when absent).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }

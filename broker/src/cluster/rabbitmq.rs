@@ -567,7 +567,11 @@ impl Confirms {
     async fn wait_through(&self, last: u64, patience: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
+            // Registered before the state is read, so a confirm that lands in between still
+            // wakes it (`notify_waiters` only wakes registered waiters).
             let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             {
                 let mut state = self.lock();
                 if std::mem::take(&mut state.refused) {

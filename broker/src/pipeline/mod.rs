@@ -132,8 +132,6 @@ struct PendingAcks {
     fixes: u64,
     /// Each courier's committed seqs as of this commit (an ack carries the watermark).
     acks: HashMap<String, SeqWindow>,
-    /// Its last log entry, when it wrote any.
-    log_through: Option<u64>,
     /// What to settle with an external broker once it is acked.
     settles: Vec<Settle>,
     /// Its log entries, encoded, for the other workers (cluster mode; empty otherwise).
@@ -282,18 +280,14 @@ impl Intake {
             true => crate::store::encode_for_replicas(&commit),
             false => Vec::new(),
         };
-        let committed = match self.commit(commit) {
-            Ok(committed) => committed,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
-                for (answer, _) in order_answers.drain(..) {
-                    let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
-                }
-                return None;
+        if let Err(e) = self.commit(commit) {
+            tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
+            for (answer, _) in order_answers.drain(..) {
+                let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
             }
-        };
+            return None;
+        }
         Some(PendingAcks {
-            log_through: committed.log_through,
             replicate,
             order_answers,
             order_changes: book.changes,
@@ -473,8 +467,7 @@ impl Intake {
     /// commit of its own (it keeps its receive time) holding the stream offset it came at. A
     /// seq this worker already holds and a fix it already has (same courier and device time)
     /// are left out: after a takeover, two workers may each have stored a report once.
-    fn apply_replicas(&mut self, replicas: &[(Bytes, u64)]) -> Result<Option<u64>, StoreError> {
-        let mut through = None;
+    fn apply_replicas(&mut self, replicas: &[(Bytes, u64)]) -> Result<(), StoreError> {
         for (bytes, offset) in replicas {
             let progress = Some((REPLICA_PROGRESS_KEY.to_vec(), offset.to_be_bytes().to_vec()));
             let commit = match crate::store::LogEntry::decode(bytes) {
@@ -509,9 +502,9 @@ impl Intake {
                     Commit { replay_progress: progress, ..Commit::default() }
                 }
             };
-            through = self.store.commit(commit)?.log_through.or(through);
+            self.store.commit(commit)?;
         }
-        Ok(through)
+        Ok(())
     }
 
     /// Whether `courier` already has a fix at device time `ts` (committed or in this batch);
@@ -891,28 +884,20 @@ fn run_intake(
                 }
             }
         }
-        let replicated = match replicas.is_empty() {
-            true => None,
-            false => match intake.apply_replicas(&replicas) {
-                Ok(through) => through,
-                Err(e) => {
-                    // Not settled: redelivered after a reconnect.
-                    tracing::error!(error = %e, "cannot apply other workers' log entries");
-                    settles.clear();
-                    None
-                }
-            },
-        };
-        replicas.clear();
+        if !replicas.is_empty() {
+            if let Err(e) = intake.apply_replicas(&replicas) {
+                // Not settled: delivered again after a reconnect.
+                tracing::error!(error = %e, "cannot apply other workers' log entries");
+                settles.clear();
+            }
+            replicas.clear();
+        }
         if publishes.is_empty() {
             if settles.is_empty() {
                 continue;
             }
-            let pending = PendingAcks {
-                log_through: replicated,
-                settles: std::mem::take(&mut settles),
-                ..PendingAcks::default()
-            };
+            let pending =
+                PendingAcks { settles: std::mem::take(&mut settles), ..PendingAcks::default() };
             flushing.fetch_add(1, Ordering::AcqRel);
             if to_committer.send(pending).is_err() {
                 return;
@@ -956,7 +941,6 @@ fn run_intake(
             acks,
             order_changes,
             moved_orders: committed.moved_orders,
-            log_through: committed.log_through.max(replicated),
             settles: batch_settles,
             replicate,
             notifications_through,
@@ -993,7 +977,10 @@ fn take_waiting_events(
 /// Commits flushed and waiting for InfluxDB before they may be acked (cluster mode).
 #[derive(Default)]
 struct AwaitingInflux {
-    groups: std::collections::VecDeque<Vec<PendingAcks>>,
+    /// Flushed groups, oldest first, each with the last log id written before its flush: it
+    /// may be acked once the shipper passed that id. Not only its own entries: a report it
+    /// acks as a duplicate may be in an earlier commit the shipper has not passed yet.
+    groups: std::collections::VecDeque<(u64, Vec<PendingAcks>)>,
     /// The shared record refused the last ack record: try again no sooner than this.
     retry_at: Option<Instant>,
 }
@@ -1015,12 +1002,11 @@ impl AwaitingInflux {
         }
         let shipped = store.shipped_through();
         let mut released = Vec::new();
-        while let Some(group) = self.groups.front() {
-            let through = group.iter().filter_map(|p| p.log_through).max();
-            if through.is_some_and(|through| through > shipped) {
+        while let Some((through, _)) = self.groups.front() {
+            if *through > shipped {
                 break;
             }
-            released.extend(self.groups.pop_front().into_iter().flatten());
+            released.extend(self.groups.pop_front().into_iter().flat_map(|(_, group)| group));
         }
         released
     }
@@ -1063,7 +1049,8 @@ fn ack_shipped(
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "cannot publish the stream or record acks; acks wait and are tried again");
         awaiting.retry_at = Some(Instant::now() + Duration::from_millis(500));
-        awaiting.groups.push_front(released);
+        // The log through which they wait has been shipped already.
+        awaiting.groups.push_front((0, released));
         return Ok(());
     }
     metrics.fix_stream_messages.inc_by(streamed);
@@ -1157,7 +1144,7 @@ fn run_committer(
             deliveries.durable_through(through);
         }
         if let Some(outbox) = influx.as_ref().filter(|_| announcer.external().is_some()) {
-            awaiting.groups.push_back(group);
+            awaiting.groups.push_back((store.last_log_id(), group));
             outbox.ship_now();
             continue;
         }

@@ -148,9 +148,6 @@ pub struct Commit {
 pub struct Committed {
     /// Orders whose location its fixes changed.
     pub moved_orders: Vec<String>,
-    /// The id of its last log entry (`None`: it wrote none). Once the InfluxDB shipper has
-    /// passed it ([`Store::shipped_through`]), every fix of the commit is in InfluxDB.
-    pub log_through: Option<u64>,
 }
 
 /// The sled database, its trees and the live view. Cheap to clone.
@@ -553,7 +550,6 @@ impl Store {
             return Ok(committed);
         }
         inner.next_log_id.store(first_id + entries.len() as u64, Ordering::Relaxed);
-        committed.log_through = Some(first_id + entries.len() as u64 - 1);
         if inner.options.keep_for_shipper && !replica {
             inner.shipper_pending.fetch_add(record.fixes.len() as u64, Ordering::Relaxed);
         }
@@ -1025,6 +1021,11 @@ impl Store {
             self.inner.meta.insert(META_SHIPPER_CURSOR, &cursor.through.to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// The id of the newest log entry written (0 before the first).
+    pub fn last_log_id(&self) -> u64 {
+        self.inner.next_log_id.load(Ordering::Relaxed).saturating_sub(1)
     }
 
     /// The log id through which the InfluxDB shipper has finished every entry.
