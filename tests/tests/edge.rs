@@ -7,7 +7,8 @@
 //! Covered: a JSON POST is stored and its receipt turns committed; a batch of 10,000 fixes is
 //! split into parts and stored whole; a retried key is stored once; bad input gets a 4xx naming
 //! the field; a broker that is down gets a 503 and the same key retried later is stored once;
-//! locusd's refusals (a courier outside the edge's scope, a client token for another courier, a
+//! locusd killed with -9 while it takes parts loses nothing and stores nothing twice once
+//! clients retry their keys; locusd's refusals (a courier outside the edge's scope, a client token for another courier, a
 //! key reused for other data) end in a `rejected` receipt or a dead letter; an edge token
 //! publishes nowhere but its own batches topic; the component imports only interfaces on the
 //! allow-list (`edge/allowed-imports.txt`); a broker that refuses the edge or never answers is a
@@ -299,6 +300,79 @@ fn a_broker_that_is_down_gets_a_503_and_the_key_retried_later_is_stored_once() {
     let stored = s.server.track_ts("c1");
     let unique: std::collections::BTreeSet<_> = stored.iter().collect();
     assert_eq!((stored.len(), unique.len()), (1_500, 1_500), "stored exactly once");
+}
+
+#[test]
+fn locusd_killed_while_it_takes_parts_stores_every_retried_key_once() {
+    let mut s = Setup::start();
+    let tokens = [("c1", s.server.issue_token("c1")), ("c2", s.server.issue_token("c2"))];
+    // 28 requests of 700 fixes (two parts each), alternating between c1 and c2, device times
+    // 100 ms apart, none shared: 9,800 fixes per courier.
+    let start = now_ms() - 3_600_000;
+    let requests: Vec<(usize, String, Value)> = (0..28u64)
+        .map(|r| {
+            let fixes: Vec<Value> = (0..700u64)
+                .map(|i| json!({"ts": start + (r * 700 + i) * 100, "lat": 41.0, "lon": 2.0}))
+                .collect();
+            ((r % 2) as usize, format!("kill-{r}"), json!({ "fixes": fixes }))
+        })
+        .collect();
+    for (who, key, body) in &requests[..4] {
+        let (courier, token) = &tokens[*who];
+        assert_eq!(s.post_fixes(courier, token, Some(key), body).status, 202);
+    }
+    // The others go while locusd is killed with -9: some parts are taken and durable, some
+    // taken and not flushed, some only in the broker's memory, some refused (503).
+    let edge = s.edge.url().to_owned();
+    let (later, later_tokens) = (requests[4..].to_vec(), tokens.clone());
+    let (halfway_tx, halfway) = std::sync::mpsc::channel();
+    let posting = std::thread::spawn(move || {
+        let http = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let mut statuses = Vec::new();
+        for (n, (who, key, body)) in later.into_iter().enumerate() {
+            if n == 8 {
+                let _ = halfway_tx.send(());
+            }
+            let (courier, token) = &later_tokens[who];
+            let url = format!("{edge}/v1/couriers/{courier}/locations");
+            let request = http.post(&url).bearer_auth(token).header("idempotency-key", key);
+            let sent = request.header("content-type", "application/json").body(body.to_string());
+            statuses.push(sent.send().map(|r| r.status().as_u16()).unwrap_or(0));
+        }
+        statuses
+    });
+    halfway.recv().unwrap();
+    s.server.kill9();
+    // What the edge answered around the kill (202, 503; 0: no answer): printed, not asserted,
+    // since where the kill lands is up to the scheduler.
+    eprintln!("answers around the kill: {:?}", posting.join().unwrap());
+    s.server.restart();
+
+    // Every client does what the receipt protocol asks: retry the key until it is committed.
+    for (who, key, body) in &requests {
+        let (courier, token) = &tokens[*who];
+        let committed = wait_for(&format!("{key} to be committed"), || {
+            let answer = s.post_fixes(courier, token, Some(key), body);
+            if answer.status != 202 {
+                return None;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let receipt = s.receipt(key);
+                if receipt["status"] == "committed" {
+                    return Some(receipt);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        });
+        assert_eq!((&committed["fixes"], &committed["parts_committed"]), (&json!(700), &json!(2)));
+    }
+    for courier in ["c1", "c2"] {
+        let stored = s.server.track_ts(courier);
+        let unique: std::collections::BTreeSet<_> = stored.iter().collect();
+        assert_eq!((stored.len(), unique.len()), (9_800, 9_800), "{courier}: each fix once");
+    }
 }
 
 #[test]
