@@ -96,7 +96,8 @@ pub type StreamSeen = BTreeMap<(String, u64), Vec<u64>>;
 /// server received the fix (ms; both clocks are this machine's).
 pub fn stream_reader(mqtt_port: u16, token: &str) -> Arc<Mutex<StreamSeen>> {
     let mut options = rumqttc::MqttOptions::new("reader@cluster-test", "127.0.0.1", mqtt_port);
-    options.set_credentials("reader", token);
+    // A stream message holds up to 100 fixes of one courier (about 12 KB of JSON).
+    options.set_credentials("reader", token).set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut connection) = rumqttc::Client::new(options, 100);
     client.subscribe("fixes/+", QoS::AtLeastOnce).expect("subscribe");
     let seen: Arc<Mutex<StreamSeen>> = Arc::default();

@@ -21,6 +21,10 @@ use crate::store::{CommitRecord, FixFields, LoggedFix};
 use locus_sdk::wire;
 use serde::Serialize;
 
+/// Most fixes in one stream message (about 12 KB of JSON): a courier whose backlog lands in
+/// one commit gets several messages, so a consumer's packet limit bounds nothing it needs.
+pub(super) const MAX_FIXES_PER_MESSAGE: usize = 100;
+
 /// What one commit adds to the stream, waiting for its flush.
 #[derive(Debug, Default)]
 pub(super) struct StreamBatch {
@@ -62,7 +66,8 @@ impl StreamBatch {
     }
 
     /// The messages, `(topic, payload)`: per courier with fixes, in the order couriers first
-    /// appear in the commit, its JSON message and/or its wire-format one.
+    /// appear in the commit, its JSON message and/or its wire-format one, each of at most
+    /// [`MAX_FIXES_PER_MESSAGE`] fixes.
     pub(super) fn messages(&self) -> Vec<(String, Vec<u8>)> {
         let mut by_courier: Vec<Vec<&LoggedFix>> =
             self.couriers.iter().map(|_| Vec::new()).collect();
@@ -71,10 +76,13 @@ impl StreamBatch {
             fixes.push(logged);
         }
         let mut messages = Vec::new();
-        for (courier, fixes) in self.couriers.iter().zip(by_courier) {
-            if fixes.is_empty() {
-                continue;
-            }
+        let chunks = self.couriers.iter().zip(by_courier).flat_map(|(courier, fixes)| {
+            fixes
+                .chunks(MAX_FIXES_PER_MESSAGE)
+                .map(move |c| (courier, c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        for (courier, fixes) in chunks {
             if self.json {
                 let fields = fixes
                     .iter()
@@ -142,5 +150,18 @@ mod tests {
         assert_eq!(c1.fixes[0].fix, Fix::from_degrees(10, 1.5, 2.5));
         assert_eq!(c1.fixes[0].attributes, [("zone".to_owned(), "north".to_owned())]);
         assert_eq!(c1.fixes[1].received_ms, 1000);
+
+        // A backlog in one commit: messages of at most MAX_FIXES_PER_MESSAGE fixes, in order.
+        let mut builder = RecordBuilder::new(1_000);
+        for ts in 0..250 {
+            builder.fix("c3", Fix::from_degrees(ts, 1.0, 2.0), Vec::new());
+        }
+        let messages = StreamBatch::of(&builder.finish(), true, false).messages();
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|(_, json)| serde_json::from_slice::<serde_json::Value>(json).unwrap())
+            .map(|m| m["fixes"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
     }
 }
