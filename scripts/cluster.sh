@@ -119,47 +119,15 @@ cl__worker_port() { local ports; read -ra ports <<<"$(cl__setting "$1" WORKER_PO
 cl__http_code() { curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" || true; }
 
 # ---------------------------------------------------------------------------------------
-# InfluxDB: ours (Debian's influxdb 1.x, config as tests/src/influxd.rs writes it) or yours.
+# InfluxDB: ours (Debian's influxdb 1.x, scripts/influxd.conf.in, as the tests use it) or yours.
 
 cl__influxd_start() {
   local dir=$1/influxd http_port rpc_port
   http_port=$(rmq__free_port); rpc_port=$(rmq__free_port)
   mkdir -p "$dir"
-  cat > "$dir/influxd.conf" <<EOF
-reporting-disabled = true
-bind-address = "127.0.0.1:$rpc_port"
-
-[meta]
-  dir = "$dir/meta"
-  logging-enabled = false
-
-[data]
-  dir = "$dir/data"
-  wal-dir = "$dir/wal"
-  query-log-enabled = false
-
-[coordinator]
-  log-queries-after = "0s"
-
-[monitor]
-  store-enabled = false
-
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:$http_port"
-  auth-enabled = false
-  log-enabled = false
-  max-body-size = 0
-
-[subscriber]
-  enabled = false
-
-[continuous_queries]
-  enabled = false
-
-[logging]
-  level = "warn"
-EOF
+  local conf; conf=$(<"$CLUSTER_HERE/influxd.conf.in")
+  conf=${conf//@DIR@/$dir}; conf=${conf//@RPC_PORT@/$rpc_port}; conf=${conf//@HTTP_PORT@/$http_port}
+  printf '%s\n' "$conf" > "$dir/influxd.conf"
   local influxd=${INFLUXD:-/usr/bin/influxd}
   [[ -x $influxd ]] || influxd=$(command -v influxd) ||
     cl__die "influxd not found: apt-get install -y influxdb, or set INFLUX_URL"

@@ -205,45 +205,10 @@ impl Influxd {
     }
 
     fn config_text(&self) -> String {
-        let dir = self.dir.path().display();
-        format!(
-            r#"reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-
-[meta]
-  dir = "{dir}/meta"
-  logging-enabled = false
-
-[data]
-  dir = "{dir}/data"
-  wal-dir = "{dir}/wal"
-  query-log-enabled = false
-
-[coordinator]
-  log-queries-after = "0s"
-
-[monitor]
-  store-enabled = false
-
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:{http}"
-  auth-enabled = false
-  log-enabled = false
-  max-body-size = 0
-
-[subscriber]
-  enabled = false
-
-[continuous_queries]
-  enabled = false
-
-[logging]
-  level = "warn"
-"#,
-            rpc = self.rpc_port,
-            http = self.http_port,
-        )
+        include_str!("../../scripts/influxd.conf.in")
+            .replace("@DIR@", &self.dir.path().display().to_string())
+            .replace("@RPC_PORT@", &self.rpc_port.to_string())
+            .replace("@HTTP_PORT@", &self.http_port.to_string())
     }
 }
 

@@ -34,6 +34,7 @@
 
 use super::config::{redact, RabbitConfig};
 use crate::influx::ack_records::AckRecords;
+use crate::mqtt::external_auth::{mqtt_topic, routing_key};
 use crate::pipeline::{
     Delivery, DeliveryKind, ExternalBroker, ExternalOutlet, OutletError, Settle,
     REPLICA_PROGRESS_KEY,
@@ -49,6 +50,7 @@ use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::security::SecurityCredentials;
 use amqprs::{BasicProperties, FieldTable, FieldValue, DELIVERY_MODE_PERSISTENT};
 use bytes::Bytes;
+use locus_sdk::topics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,8 +249,7 @@ impl Worker {
         declare_topology(&publisher, &self.config).await?;
         // The stream and the log entries go on a channel of their own with publisher
         // confirms: acks wait for them.
-        let (confirmed, confirms) = open_confirmed_channel(connection).await?;
-        let mut next_tag = 1u64;
+        let mut confirmed = ConfirmedChannel::open(connection).await?;
         let mut consumers: HashMap<u32, Channel> = HashMap::new();
         consumers.insert(LOG_CONSUMER, self.follow_log(connection, generation).await?);
         let (first, later): (Vec<u32>, Vec<u32>) = (0..self.config.partitions)
@@ -284,7 +285,7 @@ impl Worker {
                     }
                     Some(Command::PublishConfirmed { stream, log_entries, done }) => {
                         let sent = self
-                            .publish_confirmed(&confirmed, &confirms, &mut next_tag, stream, log_entries)
+                            .publish_confirmed(&mut confirmed, stream, log_entries)
                             .await;
                         let failed = sent.as_ref().err().cloned();
                         let _ = done.send(sent);
@@ -343,7 +344,7 @@ impl Worker {
                         _ => None,
                     }
                 });
-                let topic = forwarded.unwrap_or_else(|| deliver.routing_key().replace('.', "/"));
+                let topic = forwarded.unwrap_or_else(|| mqtt_topic(deliver.routing_key()));
                 let topic = Bytes::from(topic);
                 let settle = Settle { consumer: p, generation, tag: deliver.delivery_tag() };
                 let kind = DeliveryKind::Publish { topic };
@@ -363,43 +364,41 @@ impl Worker {
     /// the partition's seqs make a repeat a duplicate.
     async fn forward_events(&self, connection: &Connection) -> Result<(), String> {
         let channel = open_consumer_channel(connection, self.config.prefetch).await?;
-        let (forward, confirms) = open_confirmed_channel(connection).await?;
+        let mut forward = ConfirmedChannel::open(connection).await?;
         let args = BasicConsumeArguments::new(EVENTS_QUEUE, "").manual_ack(true).finish();
         let (_, mut rx) = channel
             .basic_consume_rx(args)
             .await
             .map_err(|e| format!("consuming {EVENTS_QUEUE}: {e}"))?;
         tokio::spawn(async move {
-            let mut tag = 1u64;
             while let Some(message) = rx.recv().await {
                 let (Some(deliver), Some(content)) = (message.deliver, message.content) else {
                     continue;
                 };
-                // couriers.{id}.events → couriers.{id}.locations (ids have no '.').
-                let key = deliver.routing_key();
-                let Some(courier) =
-                    key.strip_prefix("couriers.").and_then(|k| k.strip_suffix(".events"))
-                else {
+                let topic = mqtt_topic(deliver.routing_key());
+                // Not `topics::courier_of_events`: an invalid id goes on to the partition too,
+                // whose intake dead-letters it with its reason (the binding admits nothing but
+                // `couriers.*.events`).
+                let courier =
+                    topic.strip_prefix("couriers/").and_then(|t| t.strip_suffix("/events"));
+                let Some(courier) = courier else {
                     let _ = channel
                         .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
                         .await;
                     continue;
                 };
                 let mut headers = FieldTable::new();
-                let topic = format!("couriers/{courier}/events");
                 let Ok(topic_value) = topic.as_str().try_into() else { continue };
                 headers.insert(TOPIC_HEADER.try_into().expect("short"), FieldValue::S(topic_value));
                 let mut properties = BasicProperties::default();
                 properties.with_delivery_mode(DELIVERY_MODE_PERSISTENT).with_headers(headers);
-                let routing_key = format!("couriers.{courier}.locations");
-                let args = BasicPublishArguments::new(REPORTS_EXCHANGE, &routing_key);
-                confirms.expect(tag);
-                let published = forward.basic_publish(properties, content, args).await;
-                let confirmed = match published {
-                    Ok(()) => confirms.wait_through(tag, Duration::from_secs(30)).await,
-                    Err(e) => Err(e.to_string()),
-                };
-                tag += 1;
+                // Its courier's locations key: the hash puts it in that courier's partition.
+                let key = routing_key(&topics::locations(courier));
+                let confirmed =
+                    match forward.publish(REPORTS_EXCHANGE, &key, properties, content).await {
+                        Ok(tag) => forward.wait_through(tag).await,
+                        Err(e) => Err(e),
+                    };
                 if let Err(e) = confirmed {
                     // Not acked: RabbitMQ delivers it again once this connection is gone.
                     tracing::warn!(error = %e, "cannot forward a courier's event to its partition");
@@ -419,46 +418,30 @@ impl Worker {
     /// worker's id), then waits until RabbitMQ confirmed every one.
     async fn publish_confirmed(
         &self,
-        channel: &Channel,
-        confirms: &Confirms,
-        next_tag: &mut u64,
+        channel: &mut ConfirmedChannel,
         stream: Vec<(String, Vec<u8>)>,
         log_entries: Vec<Vec<u8>>,
     ) -> Result<(), String> {
         let mut last = None;
         for (topic, payload) in stream {
-            let routing_key = topic.replace('/', ".");
-            let content_type = match routing_key.starts_with("fixes-wire.") {
+            let content_type = match topic.starts_with("fixes-wire/") {
                 true => "application/octet-stream",
                 false => "application/json",
             };
             let mut properties = BasicProperties::default();
             properties.with_delivery_mode(DELIVERY_MODE_PERSISTENT).with_content_type(content_type);
-            let args = BasicPublishArguments::new(MQTT_EXCHANGE, &routing_key);
-            confirms.expect(*next_tag);
-            channel
-                .basic_publish(properties, payload, args)
-                .await
-                .map_err(|e| format!("publishing on {routing_key}: {e}"))?;
-            last = Some(*next_tag);
-            *next_tag += 1;
+            let key = routing_key(&topic);
+            last = Some(channel.publish(MQTT_EXCHANGE, &key, properties, payload).await?);
         }
         for entry in log_entries {
             let mut properties = BasicProperties::default();
             properties.with_delivery_mode(DELIVERY_MODE_PERSISTENT).with_app_id(&self.worker_id);
             // The default exchange routes by queue name: straight into the stream.
-            let args = BasicPublishArguments::new("", LOG_STREAM);
-            confirms.expect(*next_tag);
-            channel
-                .basic_publish(properties, entry, args)
-                .await
-                .map_err(|e| format!("publishing on {LOG_STREAM}: {e}"))?;
-            last = Some(*next_tag);
-            *next_tag += 1;
+            last = Some(channel.publish("", LOG_STREAM, properties, entry).await?);
         }
         match last {
             None => Ok(()),
-            Some(last) => confirms.wait_through(last, Duration::from_secs(30)).await,
+            Some(last) => channel.wait_through(last).await,
         }
     }
 
@@ -673,16 +656,49 @@ async fn open_consumer_channel(connection: &Connection, prefetch: u16) -> Result
     Ok(channel)
 }
 
-/// A channel whose publishes RabbitMQ confirms, and the confirms as they come.
-async fn open_confirmed_channel(connection: &Connection) -> Result<(Channel, Confirms), String> {
-    let channel = connection.open_channel(None).await.map_err(|e| e.to_string())?;
-    let confirms = Confirms::default();
-    channel.register_callback(confirms.clone()).await.map_err(|e| e.to_string())?;
-    channel
-        .confirm_select(ConfirmSelectArguments::default())
-        .await
-        .map_err(|e| format!("turning on publisher confirms: {e}"))?;
-    Ok((channel, confirms))
+/// A channel whose publishes RabbitMQ confirms: it numbers them as the broker does (1, 2, …
+/// per channel), so a publish's tag is the one its confirm will carry.
+struct ConfirmedChannel {
+    channel: Channel,
+    confirms: Confirms,
+    next_tag: u64,
+}
+
+impl ConfirmedChannel {
+    async fn open(connection: &Connection) -> Result<ConfirmedChannel, String> {
+        let channel = connection.open_channel(None).await.map_err(|e| e.to_string())?;
+        let confirms = Confirms::default();
+        channel.register_callback(confirms.clone()).await.map_err(|e| e.to_string())?;
+        channel
+            .confirm_select(ConfirmSelectArguments::default())
+            .await
+            .map_err(|e| format!("turning on publisher confirms: {e}"))?;
+        Ok(ConfirmedChannel { channel, confirms, next_tag: 1 })
+    }
+
+    /// Publishes; returns the tag to wait for.
+    async fn publish(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+        payload: Vec<u8>,
+    ) -> Result<u64, String> {
+        let tag = self.next_tag;
+        self.confirms.expect(tag);
+        let args = BasicPublishArguments::new(exchange, routing_key);
+        self.channel
+            .basic_publish(properties, payload, args)
+            .await
+            .map_err(|e| format!("publishing on {routing_key}: {e}"))?;
+        self.next_tag += 1;
+        Ok(tag)
+    }
+
+    /// Waits until RabbitMQ confirmed every publish up to `tag`.
+    async fn wait_through(&self, tag: u64) -> Result<(), String> {
+        self.confirms.wait_through(tag, Duration::from_secs(30)).await
+    }
 }
 
 /// Declares the exchanges, the partition queues, the log stream and their bindings (see the
@@ -753,8 +769,7 @@ struct AmqpOutlet {
 
 impl ExternalOutlet for AmqpOutlet {
     fn publish(&mut self, topic: &str, payload: Vec<u8>, _retain: bool) -> Result<(), OutletError> {
-        // MQTT topic → AMQP routing key, as RabbitMQ's MQTT plugin maps them (ids have no '.').
-        let routing_key = topic.replace('/', ".");
+        let routing_key = routing_key(topic);
         self.commands
             .send(Command::Publish { routing_key, payload })
             .map_err(|_| OutletError("the RabbitMQ connection task stopped".into()))

@@ -220,13 +220,19 @@ fn amqp_reader_resource(form: &ResourceForm) -> bool {
     }
 }
 
-/// An AMQP routing key or binding key as the MQTT topic or filter it came from.
-fn mqtt_topic(routing_key: &str) -> String {
+/// An AMQP routing key or binding key as the MQTT topic or filter it came from, as
+/// RabbitMQ's MQTT plugin maps them (ids have no `.`, so a `.` always separates levels).
+pub fn mqtt_topic(routing_key: &str) -> String {
     routing_key
         .split('.')
         .map(|level| if level == "*" { "+" } else { level })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// An MQTT topic as the routing key RabbitMQ's MQTT plugin gives it on `amq.topic`.
+pub fn routing_key(topic: &str) -> String {
+    topic.replace('/', ".")
 }
 
 #[cfg(test)]
@@ -276,6 +282,8 @@ mod tests {
         assert!(!topic(&external, "c1", "read", "couriers.*.acks"));
         assert!(!topic(&external, "c1", "read", "couriers.c2.acks"));
         assert_eq!(mqtt_topic("couriers.*.x.#"), "couriers/+/x/#");
+        assert_eq!(routing_key("couriers/c1/acks"), "couriers.c1.acks");
+        assert_eq!(mqtt_topic(&routing_key("fixes-wire/c-1")), "fixes-wire/c-1");
 
         let resource = |resource: &str, name: &str, permission: &str| {
             external.resource(&ResourceForm {

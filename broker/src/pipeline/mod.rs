@@ -276,19 +276,18 @@ impl Intake {
         let (notifications, notifications_through) =
             self.stage_notifications(&book.changes, received_ms);
         let commit = Commit { orders: book.record, notifications, ..Commit::default() };
-        let replicate = match self.replicate {
-            true => crate::store::encode_for_replicas(&commit),
-            false => Vec::new(),
-        };
-        if let Err(e) = self.commit(commit) {
-            tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
-            for (answer, _) in order_answers.drain(..) {
-                let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
+        let committed = match self.commit(commit) {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write order events; refused, senders may retry");
+                for (answer, _) in order_answers.drain(..) {
+                    let _ = answer.send(Err(OrderRefused::Unavailable(e.to_string())));
+                }
+                return None;
             }
-            return None;
-        }
+        };
         Some(PendingAcks {
-            replicate,
+            replicate: self.to_replicate(committed.entries),
             order_answers,
             order_changes: book.changes,
             notifications_through,
@@ -460,6 +459,15 @@ impl Intake {
                 );
                 false
             }
+        }
+    }
+
+    /// A commit's log entries as written, kept for the other workers in cluster mode (and
+    /// dropped otherwise).
+    fn to_replicate(&self, entries: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        match self.replicate {
+            true => entries,
+            false => Vec::new(),
         }
     }
 
@@ -923,10 +931,6 @@ fn run_intake(
         let on = intake.config.stream_fixes;
         let (json, wire) = (on && stream_demand.json(), on && stream_demand.wire());
         let stream = fix_stream::StreamBatch::of(&commit.record, json, wire);
-        let replicate = match intake.replicate {
-            true => crate::store::encode_for_replicas(&commit),
-            false => Vec::new(),
-        };
         let committed = match intake.commit(commit) {
             Ok(committed) => committed,
             Err(e) => {
@@ -942,7 +946,7 @@ fn run_intake(
             order_changes,
             moved_orders: committed.moved_orders,
             settles: batch_settles,
-            replicate,
+            replicate: intake.to_replicate(committed.entries),
             notifications_through,
             stream,
             ..PendingAcks::default()

@@ -148,6 +148,9 @@ pub struct Commit {
 pub struct Committed {
     /// Orders whose location its fixes changed.
     pub moved_orders: Vec<String>,
+    /// Its log entries as written ([`LogEntry::decode`] reads them): what the other workers
+    /// of a cluster apply.
+    pub entries: Vec<Vec<u8>>,
 }
 
 /// The sled database, its trees and the live view. Cheap to clone.
@@ -302,19 +305,6 @@ fn u64_of(bytes: &[u8]) -> u64 {
 
 fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
     Ok(meta.get(key)?.map(|v| u64_of(&v)))
-}
-
-/// A commit's log entries as the other workers of a cluster apply them (encoded
-/// [`LogEntry::Commit`] and [`LogEntry::Orders`]; [`LogEntry::decode`] reads them).
-pub fn encode_for_replicas(commit: &Commit) -> Vec<Vec<u8>> {
-    let mut entries = Vec::with_capacity(2);
-    if !commit.record.is_empty() {
-        entries.push(encode(&LogEntryRef::Commit(&commit.record)));
-    }
-    if !commit.orders.events.is_empty() {
-        entries.push(LogEntry::Orders(commit.orders.clone()).encode());
-    }
-    entries
 }
 
 /// The log entry as written, borrowing the record (same bytes as [`LogEntry::Commit`] and
@@ -567,6 +557,8 @@ impl Store {
         if let Some(orders) = orders {
             live.apply_orders(first_id + entries.len() as u64 - 1, orders);
         }
+        drop(live);
+        committed.entries = entries.into_iter().map(|(_, entry)| entry).collect();
         Ok(committed)
     }
 
