@@ -32,6 +32,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)   # tests/tls.rs: HTTPS with
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 # tests/alerts.rs: promtool checks and unit-tests dashboards/alerts.yml (Debian's prometheus).
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# tests/console.rs: the console and tracking page in headless Chromium, driven over WebDriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   sudo_cmd=""

@@ -43,6 +43,8 @@ pub struct Config {
     pub notify: crate::notify::NotifyConfig,
     /// Edge components allowed to post fixes (`[edges.{edge}]`); none = no edge may connect.
     pub edges: crate::edges::EdgesConfig,
+    /// The operator console and the customer tracking page.
+    pub console: crate::api::ConsoleConfig,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             plugins: crate::plugins::PluginHostConfig::default(),
             notify: crate::notify::NotifyConfig::default(),
             edges: crate::edges::EdgesConfig::default(),
+            console: crate::api::ConsoleConfig::default(),
         }
     }
 }
@@ -152,6 +155,7 @@ impl Config {
         self.notify.check().map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         crate::edges::check(&self.edges).map_err(ConfigError::Inconsistent)?;
         self.broker.check(self.influx.is_some()).map_err(ConfigError::Inconsistent)?;
+        self.console.check().map_err(ConfigError::Inconsistent)?;
         Ok(())
     }
 

@@ -114,6 +114,16 @@ pub struct Metrics {
     pub edge_parts: Family<OutcomeLabel, Counter>,
     /// Messages published on the live fix stream (`fixes/{courier}`).
     pub fix_stream_messages: Counter,
+    /// Dead letters replayed, by outcome (`resolved`, `refused`, `unsupported`).
+    pub dead_letters_replayed: Family<OutcomeLabel, Counter>,
+    /// Fixes stored by replaying dead letters.
+    pub dead_letter_fixes_replayed: Counter,
+    /// Dead letters purged.
+    pub dead_letters_purged: Counter,
+    /// Dead letters exported as JSON lines.
+    pub dead_letters_exported: Counter,
+    /// Clients following positions live (`GET /v1/live`: the console's map).
+    pub live_followers: Gauge,
 }
 
 impl Default for Metrics {
@@ -154,6 +164,11 @@ impl Metrics {
             notifications_dead: Family::default(),
             edge_parts: Family::default(),
             fix_stream_messages: Counter::default(),
+            dead_letters_replayed: Family::default(),
+            dead_letter_fixes_replayed: Counter::default(),
+            dead_letters_purged: Counter::default(),
+            dead_letters_exported: Counter::default(),
+            live_followers: Gauge::default(),
             notifications_pending: Gauge::default(),
         };
         let m = &metrics;
@@ -273,6 +288,32 @@ impl Metrics {
             "Messages published on the live fix stream (fixes/{courier}: one per courier per commit)",
             m.fix_stream_messages.clone(),
         );
+        registry.register(
+            "dead_letters_replayed",
+            "Dead letters replayed through validation and the plugin chain, by outcome \
+             (resolved: every fix stored or already there; refused again; unsupported)",
+            m.dead_letters_replayed.clone(),
+        );
+        registry.register(
+            "dead_letter_fixes_replayed",
+            "Fixes stored by replaying dead letters",
+            m.dead_letter_fixes_replayed.clone(),
+        );
+        registry.register(
+            "dead_letters_purged",
+            "Dead letters purged",
+            m.dead_letters_purged.clone(),
+        );
+        registry.register(
+            "dead_letters_exported",
+            "Dead letters exported as JSON lines",
+            m.dead_letters_exported.clone(),
+        );
+        registry.register(
+            "live_followers",
+            "Clients following positions live (GET /v1/live, the console's map)",
+            m.live_followers.clone(),
+        );
         *metrics.registry.lock().expect("fresh mutex") = registry;
         metrics
     }
@@ -281,6 +322,11 @@ impl Metrics {
     pub fn dead_letter(&self, reason: &DeadLetterReason) {
         let label = ReasonLabel { reason: reason.as_str().to_owned() };
         self.dead_letters.get_or_create(&label).inc();
+    }
+
+    /// Counts one replayed dead letter with `outcome`.
+    pub fn dead_letters_replayed_outcome(&self, outcome: &'static str) {
+        self.dead_letters_replayed.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts one edge part with `outcome`.

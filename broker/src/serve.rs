@@ -76,6 +76,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let edges = crate::edges::EdgeRules::new(config.edges.clone(), auth.clone());
     intake = intake.with_edges(edges.clone());
     let (intake, orders) = intake.with_orders(&config.orders);
+    let (intake, dead_letters) = intake.with_letter_desk();
 
     let active_orders = store.clone();
     let order_gate = Arc::new(move |order: &str| {
@@ -136,6 +137,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         orders,
         notifications: deliveries,
         external_auth,
+        dead_letters,
+        console: Arc::new(config.console.clone()),
+        stopping: api::Stopping::default(),
     };
     // The API stops on `shutdown`; everything else stops after it, in order.
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -7,7 +7,7 @@
 use axum::extract::Query;
 use axum::http::{HeaderValue, Uri};
 use bytes::Bytes;
-use locus_broker::api::{PageQuery, TrackQuery};
+use locus_broker::api::{DeadLetterQuery, TrackQuery};
 use locus_broker::cli::{replay, wire as wire_cli};
 use locus_broker::config::PipelineConfig;
 use locus_broker::metrics::Metrics;
@@ -392,12 +392,14 @@ fn api_query_strings() {
                 && q.until.is_none_or(|u| f.fix.ts_ms <= u)));
             format!("track:{}", fixes.len())
         } else {
-            let Ok(Query(q)) = Query::<PageQuery>::try_from_uri(&uri) else {
+            let Ok(Query(q)) = Query::<DeadLetterQuery>::try_from_uri(&uri) else {
                 return "page:refused".into();
             };
-            // As `dead_letters` does.
+            // As `dead_letters::list` does.
             let limit = q.limit.unwrap_or(100).clamp(1, max_page);
-            let letters = store.dead_letters(q.after.unwrap_or(0), limit).expect("page query");
+            let letters = store
+                .dead_letters_matching(&q.filter(), q.after.unwrap_or(0), limit)
+                .expect("page query");
             assert!(letters.len() <= limit);
             format!("page:{}", letters.len())
         }

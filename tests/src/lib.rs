@@ -10,6 +10,7 @@
 //! - [`rabbitmq::RabbitNode`]: a throwaway RabbitMQ node (`scripts/rabbitmq-node.sh`).
 //! - [`free_port`]: the one port picker (outside the ephemeral range: see [`ports`]).
 //! - [`plugin_components::component`]: a component of `plugins/`, built on first use.
+//! - [`browser::Browser`]: headless Chromium over WebDriver, for the console's page tests.
 //! - [`edge_host::EdgeHost`]: the edge component (`edge/`) served over HTTP by wasmtime, in place
 //!   of Spin.
 
@@ -68,6 +69,7 @@ pub fn locus_sim() -> &'static Path {
     })
 }
 
+pub mod browser;
 pub mod edge_host;
 pub mod plugin_components;
 pub mod ports;

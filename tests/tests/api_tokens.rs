@@ -57,7 +57,12 @@ fn table_allows(access: Access, role: Role, subject: &str) -> bool {
 
 /// A route's path with its parameters filled in (`{id}` is [`ID`]).
 fn route_path(pattern: &str) -> String {
-    pattern.replace("{id}", ID).replace("{name}", "no-such-plugin").replace("{key}", "k-1")
+    pattern
+        .replace("{id}", ID)
+        .replace("{order}", ID)
+        .replace("{name}", "no-such-plugin")
+        .replace("{key}", "k-1")
+        .replace("{*file}", "console.js")
 }
 
 fn allowed(status: u16) -> bool {

@@ -101,6 +101,11 @@ pub static ROUTES: &[Route] = &[
     // Open: probes and scrapers carry no token.
     Route { method: Method::GET, path: "/healthz", access: Access::Open, handler: |m| on(m, super::healthz) },
     Route { method: Method::GET, path: "/metrics", access: Access::Open, handler: |m| on(m, super::metrics) },
+    // Open: the console's and the tracking page's files hold no data (off with [console] enabled = false).
+    Route { method: Method::GET, path: "/", access: Access::Open, handler: |m| on(m, super::console::index) },
+    Route { method: Method::GET, path: "/console/settings.json", access: Access::Open, handler: |m| on(m, super::console::settings) },
+    Route { method: Method::GET, path: "/console/{*file}", access: Access::Open, handler: |m| on(m, super::console::file) },
+    Route { method: Method::GET, path: "/track/{order}", access: Access::Open, handler: |m| on(m, super::console::tracking_page) },
     // Open: RabbitMQ's HTTP auth backend carries no token (off unless [http] rabbitmq_auth_backend).
     Route { method: Method::POST, path: "/rabbitmq/auth/user", access: Access::Open, handler: |m| on(m, super::rabbitmq::user) },
     Route { method: Method::POST, path: "/rabbitmq/auth/vhost", access: Access::Open, handler: |m| on(m, super::rabbitmq::vhost) },
@@ -109,16 +114,26 @@ pub static ROUTES: &[Route] = &[
     // Locations and tracks: readers.
     Route { method: Method::GET, path: "/v1/couriers/{id}/location", access: READ, handler: |m| on(m, super::courier_location) },
     Route { method: Method::GET, path: "/v1/couriers/{id}/track", access: READ, handler: |m| on(m, super::courier_track) },
+    // The console: who am I, and every position live.
+    Route { method: Method::GET, path: "/v1/whoami", access: READ, handler: |m| on(m, super::console::whoami) },
+    Route { method: Method::GET, path: "/v1/live", access: READ, handler: |m| on(m, super::console::live) },
     // Orders: readers, merchants, and the order's own token.
     Route { method: Method::GET, path: "/v1/orders", access: ORDERS_LIST, handler: |m| on(m, super::orders::list) },
     Route { method: Method::GET, path: "/v1/orders/{id}", access: ORDER_READ, handler: |m| on(m, super::orders::show) },
     Route { method: Method::POST, path: "/v1/orders/{id}/events", access: ORDER_WRITE, handler: |m| on(m, super::orders::post_event) },
     Route { method: Method::GET, path: "/v1/orders/{id}/location", access: ORDER_READ, handler: |m| on(m, super::order_location) },
+    Route { method: Method::GET, path: "/v1/orders/{id}/tracking", access: ORDER_READ, handler: |m| on(m, super::console::tracking) },
     Route { method: Method::POST, path: "/v1/orders/{id}/tokens", access: ORDER_WRITE, handler: |m| on(m, super::orders::issue_token) },
     // Edges: each its own receipts.
     Route { method: Method::GET, path: "/v1/edges/{id}/receipts/{key}", access: EDGE_RECEIPTS, handler: |m| on(m, super::edges::receipt) },
     // Operations: admin.
-    Route { method: Method::GET, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters) },
+    Route { method: Method::GET, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters::list) },
+    Route { method: Method::DELETE, path: "/v1/dead-letters", access: ADMIN, handler: |m| on(m, super::dead_letters::purge_matching) },
+    Route { method: Method::GET, path: "/v1/dead-letters/export", access: ADMIN, handler: |m| on(m, super::dead_letters::export) },
+    Route { method: Method::POST, path: "/v1/dead-letters/replay", access: ADMIN, handler: |m| on(m, super::dead_letters::replay_matching) },
+    Route { method: Method::GET, path: "/v1/dead-letters/{id}", access: ADMIN, handler: |m| on(m, super::dead_letters::show) },
+    Route { method: Method::DELETE, path: "/v1/dead-letters/{id}", access: ADMIN, handler: |m| on(m, super::dead_letters::purge_one) },
+    Route { method: Method::POST, path: "/v1/dead-letters/{id}/replay", access: ADMIN, handler: |m| on(m, super::dead_letters::replay_one) },
     Route { method: Method::GET, path: "/v1/notifications", access: ADMIN, handler: |m| on(m, super::notifications::list) },
     Route { method: Method::POST, path: "/v1/notifications/{id}/replay", access: ADMIN, handler: |m| on(m, super::notifications::replay) },
     Route { method: Method::POST, path: "/v1/notifications/replay", access: ADMIN, handler: |m| on(m, super::notifications::replay_dead) },

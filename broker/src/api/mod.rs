@@ -12,7 +12,14 @@
 //! | `GET /v1/orders/{id}/location` | last location of an order, with its courier |
 //! | `POST /v1/orders/{id}/tokens` | a customer's token for an active order (MQTT and HTTP) |
 //! | `GET /v1/edges/{id}/receipts/{key}` | where a request an edge forwarded stands (pending, committed, rejected) |
-//! | `GET /v1/dead-letters?after=&limit=` | dead letters, oldest first, paged by id |
+//! | `GET /v1/dead-letters?reason=&courier=&source=&plugin=&since=&until=&after=&limit=` | dead letters, oldest first, paged by id ([`dead_letters`]) |
+//! | `GET /v1/dead-letters/{id}`, `GET /v1/dead-letters/export?filter` | one letter; JSON lines |
+//! | `POST /v1/dead-letters/{id}/replay`, `POST /v1/dead-letters/replay?filter` | replay through validation and the plugins |
+//! | `DELETE /v1/dead-letters/{id}`, `DELETE /v1/dead-letters?filter` (`all=true` for all) | purge |
+//! | `GET /v1/live` | every courier's last position, then changes, as server-sent events ([`console`]) |
+//! | `GET /v1/whoami` | the token's role and subject |
+//! | `GET /v1/orders/{id}/tracking` | what a customer's tracking page shows |
+//! | `GET /`, `GET /console/{file}`, `GET /track/{order}` | the operator console and tracking page |
 //! | `GET /v1/notifications?state=&order=&after=&limit=` | webhook and email deliveries, pending or dead |
 //! | `POST /v1/notifications/{id}/replay`, `POST /v1/notifications/replay?order=` | send dead deliveries again |
 //! | `PUT /v1/plugins/{name}` | deploy a plugin (body: the component; settings: JSON in the `Locus-Plugin-Settings` header) |
@@ -27,6 +34,8 @@
 
 pub mod access;
 mod config;
+mod console;
+mod dead_letters;
 mod edges;
 mod json;
 mod notifications;
@@ -47,7 +56,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 
-pub use config::HttpConfig;
+pub use config::{ConsoleConfig, HttpConfig, MapView};
+pub use dead_letters::DeadLetterQuery;
 pub use json::{FixView, TrackView};
 pub use start::start;
 
@@ -77,6 +87,35 @@ pub struct ApiState {
     /// The policy for RabbitMQ's HTTP auth backend (`[http] rabbitmq_auth_backend`); `None`:
     /// its routes answer 404.
     pub external_auth: Option<Arc<crate::mqtt::external_auth::ExternalAuth>>,
+    /// Where dead-letter replays go into the pipeline.
+    pub dead_letters: crate::pipeline::LetterDesk,
+    /// The console's settings (`[console]`).
+    pub console: Arc<ConsoleConfig>,
+    /// Set when the server stops: long answers (the live feed) end then.
+    pub stopping: Stopping,
+}
+
+/// Whether the server is stopping, for answers that would otherwise never end (a server
+/// drains its connections before it stops). [`start`] sets it with the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Default for Stopping {
+    /// Never stopping (until [`start`] gives it the server's signal).
+    fn default() -> Self {
+        Stopping(tokio::sync::watch::Sender::new(false).subscribe())
+    }
+}
+
+impl Stopping {
+    /// Resolves once the server stops.
+    pub async fn wait(&self) {
+        let mut stopping = self.0.clone();
+        if stopping.wait_for(|stop| *stop).await.is_err() {
+            // No server gave it a signal: it never stops.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl axum::extract::FromRef<ApiState> for notifications::NotificationsState {
@@ -195,29 +234,6 @@ async fn courier_track(
     }
     let fixes = state.store.track(&courier, query.since, query.until, limit)?;
     Ok(Json(TrackView::new(&courier, &fixes, query.since.is_some() && fixes.len() == limit)))
-}
-
-/// The query of `GET /v1/dead-letters` (`?after=&limit=`), parsed by axum's `Query` extractor.
-/// Public so the fuzz targets parse it the same way.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    /// Dead-letter id to continue after.
-    pub after: Option<u64>,
-    /// Page size.
-    pub limit: Option<usize>,
-}
-
-async fn dead_letters(
-    State(state): State<ApiState>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = query.limit.unwrap_or(100).clamp(1, state.max_page);
-    let letters = state.store.dead_letters(query.after.unwrap_or(0), limit)?;
-    let next_after = (letters.len() == limit).then(|| letters.last().map(|(id, _)| *id)).flatten();
-    let items: Vec<_> = letters.iter().map(|(id, l)| json::dead_letter(*id, l)).collect();
-    Ok(Json(serde_json::json!({ "dead_letters": items, "next_after": next_after })))
 }
 
 async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {

@@ -36,9 +36,10 @@ pub async fn start(
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         max_body_bytes: config.max_body_bytes,
     };
-    let router = server::with_limits(router(state), limits, metrics.clone());
-    // One signal stops both servers.
+    // One signal stops both servers, and ends the answers that would not end on their own.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let state = ApiState { stopping: super::Stopping(stopped.clone()), ..state };
+    let router = server::with_limits(router(state), limits, metrics.clone());
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);

@@ -322,8 +322,11 @@ async fn measure(
                 }
             }
         };
+        // 100 couriers a row, about 100 m apart, from the corner of central Barcelona.
+        let home = (41.36 + (i / 100) as f64 * 0.0009, 2.12 + (i % 100) as f64 * 0.0012);
         tasks.push(tokio::spawn(run_courier(CourierRun {
             courier,
+            home,
             password,
             mqtt: addr,
             fixes_per_report: args.fixes_per_report,
@@ -402,6 +405,8 @@ async fn measure(
 
 struct CourierRun {
     courier: String,
+    /// Where it starts: couriers are spread over a grid, so a map of them looks like a city.
+    home: (f64, f64),
     password: Option<String>,
     mqtt: SocketAddr,
     fixes_per_report: usize,
@@ -536,7 +541,7 @@ async fn run_courier(run: CourierRun) -> anyhow::Result<()> {
         let fixes = (0..fixes_per_report)
             .map(|k| {
                 let step = (next_seq * fixes_per_report + k) as f64 * 1e-6;
-                Fix::from_degrees(first_ts + k, 41.38 + step, 2.17 + step)
+                Fix::from_degrees(first_ts + k, run.home.0 + step, run.home.1 + step)
             })
             .collect();
         let payload = wire::encode_report(&Report { seq: next_seq, fixes });

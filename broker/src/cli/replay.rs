@@ -65,31 +65,8 @@ enum Format {
     Csv,
 }
 
-/// A line: a courier and a fix.
-#[derive(Debug)]
-pub struct JsonLine {
-    /// The courier id, as written (checked by the caller).
-    pub courier: String,
-    /// The fix, in natural units (converted to the wire by the caller).
-    pub fix: FixJson,
-}
-
-impl JsonLine {
-    /// Parses `{"courier":…, …FixJson fields}`. (Not `#[serde(flatten)]`: it would let unknown
-    /// fields through `FixJson`'s `deny_unknown_fields`.)
-    pub fn parse(text: &str) -> Result<JsonLine, String> {
-        let mut object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let courier = match object.remove("courier") {
-            Some(serde_json::Value::String(courier)) => courier,
-            Some(_) => return Err("`courier` is not a string".into()),
-            None => return Err("missing field `courier`".into()),
-        };
-        let fix =
-            FixJson::deserialize(serde_json::Value::Object(object)).map_err(|e| e.to_string())?;
-        Ok(JsonLine { courier, fix })
-    }
-}
+/// A line of JSON lines: parsed where the pipeline reads it too (replayed dead letters).
+pub use crate::pipeline::validate::JsonLine;
 
 /// A CSV row (csv cannot deserialize through `#[serde(flatten)]`, so the fields are spelled out).
 #[derive(Debug, Deserialize)]

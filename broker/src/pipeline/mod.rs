@@ -26,6 +26,7 @@ pub mod config;
 mod edge_batches;
 mod external;
 mod fix_stream;
+mod letter_desk;
 mod order_desk;
 pub mod validate;
 
@@ -33,6 +34,10 @@ pub use config::PipelineConfig;
 pub use external::{
     Delivery, DeliveryKind, ExternalBroker, Outlet as ExternalOutlet, OutletError, Settle,
     REPLICA_PROGRESS_KEY,
+};
+pub use letter_desk::{
+    LetterDesk, LetterOutcome, Outcome as ReplayOutcome, ReplayAnswer, ReplayReport,
+    ReplayUnavailable, MAX_LETTERS_PER_REPLAY,
 };
 pub use order_desk::{OrderAnswer, OrderChange, OrderDesk, OrderRefused};
 pub use validate::{FixProblem, ReportProblem};
@@ -138,6 +143,8 @@ struct PendingAcks {
     replicate: Vec<Vec<u8>>,
     /// Answers to order events from the API.
     order_answers: order_desk::OwedAnswers,
+    /// Answers to dead-letter replays from the API.
+    replay_answers: letter_desk::OwedReplays,
     /// Orders its events changed: their statuses are published.
     order_changes: Vec<OrderChange>,
     /// Orders its fixes moved: their locations are published.
@@ -176,6 +183,8 @@ pub struct Intake {
     edges: Option<crate::edges::EdgeRules>,
     /// Whether its commits are shared with other workers (cluster mode).
     replicate: bool,
+    /// Where dead-letter replays come from (the API's [`LetterDesk`]).
+    letters: Option<mpsc::Receiver<letter_desk::ReplayRequest>>,
 }
 
 /// Notifications staged for a commit: the records for the store's notifications tree (key,
@@ -234,6 +243,7 @@ impl Intake {
             notifier: None,
             edges: None,
             replicate: false,
+            letters: None,
         }
     }
 
@@ -260,6 +270,13 @@ impl Intake {
         let (desk, from_api) = OrderDesk::new();
         self.orders = Some(from_api);
         self.location_interval = Duration::from_millis(config.location_interval_ms);
+        (self, desk)
+    }
+
+    /// Takes dead-letter replays from the API (the desk is where the API hands them over).
+    pub fn with_letter_desk(mut self) -> (Intake, LetterDesk) {
+        let (desk, from_api) = LetterDesk::new();
+        self.letters = Some(from_api);
         (self, desk)
     }
 
@@ -846,6 +863,14 @@ fn run_intake(
                 continue;
             }
         }
+        // Dead letters an operator replays: their fixes go to InfluxDB too, so not while the
+        // outbox is full.
+        if let Some(pending) = take_replays(&mut intake, &stream_demand) {
+            flushing.fetch_add(1, Ordering::AcqRel);
+            if to_committer.send(pending).is_err() {
+                return;
+            }
+        }
         // Wait briefly for the first publish so `stop` is noticed, then take everything that
         // is already there: the batch grows with the load, which is what makes group commit
         // cheap under load and fast when idle.
@@ -954,6 +979,34 @@ fn run_intake(
         flushing.fetch_add(1, Ordering::AcqRel);
         if to_committer.send(pending).is_err() {
             return;
+        }
+    }
+}
+
+/// Writes the replays waiting at the letter desk; the answers owed once they are durable
+/// (`None` when none waited).
+fn take_replays(
+    intake: &mut Intake,
+    stream_demand: &crate::mqtt::StreamDemand,
+) -> Option<PendingAcks> {
+    let (built, mut replay_answers) = intake.take_replays()?;
+    let on = intake.config.stream_fixes;
+    let (json, wire) = (on && stream_demand.json(), on && stream_demand.wire());
+    let stream = fix_stream::StreamBatch::of(&built.commit.record, json, wire);
+    match intake.commit(built.commit) {
+        Ok(committed) => Some(PendingAcks {
+            replay_answers,
+            moved_orders: committed.moved_orders,
+            replicate: intake.to_replicate(committed.entries),
+            stream,
+            ..PendingAcks::default()
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write a dead-letter replay; nothing of it stored");
+            for (answer, _) in replay_answers.drain(..) {
+                let _ = answer.send(Err(ReplayUnavailable(e.to_string())));
+            }
+            None
         }
     }
 }
@@ -1170,6 +1223,9 @@ fn announce_flushed(
     let mut streams = Vec::new();
     for pending in group {
         for (answer, answered) in pending.order_answers {
+            let _ = answer.send(answered);
+        }
+        for (answer, answered) in pending.replay_answers {
             let _ = answer.send(answered);
         }
         // A commit of API order events alone is no batch of reports for the metrics.

@@ -7,7 +7,9 @@
 
 use super::PipelineConfig;
 use crate::store::DeadLetterReason;
+use locus_sdk::wire::json::FixJson;
 use locus_sdk::wire::{self, CourierEvent, Fix, Report, WireError};
+use serde::Deserialize as _;
 
 /// Why a whole report was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -234,6 +236,33 @@ fn check_time(ts_ms: u64, now_ms: u64, config: &PipelineConfig) -> Result<(), Fi
         });
     }
     Ok(())
+}
+
+/// A line of `locusd replay`'s JSON lines (and of a replayed dead letter that came from one):
+/// a courier and a fix.
+#[derive(Debug)]
+pub struct JsonLine {
+    /// The courier id, as written (checked by the caller).
+    pub courier: String,
+    /// The fix, in natural units (converted to the wire by the caller).
+    pub fix: FixJson,
+}
+
+impl JsonLine {
+    /// Parses `{"courier":…, …FixJson fields}`. (Not `#[serde(flatten)]`: it would let unknown
+    /// fields through `FixJson`'s `deny_unknown_fields`.)
+    pub fn parse(text: &str) -> Result<JsonLine, String> {
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let courier = match object.remove("courier") {
+            Some(serde_json::Value::String(courier)) => courier,
+            Some(_) => return Err("`courier` is not a string".into()),
+            None => return Err("missing field `courier`".into()),
+        };
+        let fix =
+            FixJson::deserialize(serde_json::Value::Object(object)).map_err(|e| e.to_string())?;
+        Ok(JsonLine { courier, fix })
+    }
 }
 
 #[cfg(test)]

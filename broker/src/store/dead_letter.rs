@@ -396,6 +396,73 @@ impl From<LegacyDeadLetter> for DeadLetter {
     }
 }
 
+/// The kinds of [`DeadLetterSource`], as the API names them (`source` in a letter's JSON and
+/// in the `source=` filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// An MQTT publish.
+    Mqtt,
+    /// A line of `locusd replay`.
+    Replay,
+    /// A plugin's refusal.
+    Plugin,
+    /// InfluxDB refused the point.
+    Influxdb,
+}
+
+impl DeadLetterSource {
+    /// Its kind.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            DeadLetterSource::Mqtt { .. } => SourceKind::Mqtt,
+            DeadLetterSource::Replay { .. } => SourceKind::Replay,
+            DeadLetterSource::Plugin { .. } => SourceKind::Plugin,
+            DeadLetterSource::Influx => SourceKind::Influxdb,
+        }
+    }
+}
+
+/// Which dead letters an operation is about (`GET`, replay, purge and export of
+/// `/v1/dead-letters`): every field that is set must match; none set matches every letter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterFilter {
+    /// The reason's code (`plugin_rejected`, `malformed`, ...).
+    pub reason: Option<String>,
+    /// The courier.
+    pub courier: Option<String>,
+    /// Where it came from.
+    pub source: Option<SourceKind>,
+    /// The plugin that refused it (a plugin's letters only).
+    pub plugin: Option<String>,
+    /// Received at or after, Unix ms.
+    pub since: Option<u64>,
+    /// Received at or before, Unix ms.
+    pub until: Option<u64>,
+}
+
+impl DeadLetterFilter {
+    /// Whether no field is set (it matches every letter).
+    pub fn is_empty(&self) -> bool {
+        *self == DeadLetterFilter::default()
+    }
+
+    /// Whether `letter` matches.
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        let plugin = match &letter.source {
+            DeadLetterSource::Plugin { name, .. } => Some(name.as_str()),
+            _ => None,
+        };
+        self.reason.as_deref().is_none_or(|r| r == letter.reason.as_str())
+            && self.courier.as_deref().is_none_or(|c| letter.courier.as_deref() == Some(c))
+            && self.source.is_none_or(|kind| kind == letter.source.kind())
+            && self.plugin.as_deref().is_none_or(|p| plugin == Some(p))
+            && self.since.is_none_or(|since| letter.received_ms >= since)
+            && self.until.is_none_or(|until| letter.received_ms <= until)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +560,44 @@ mod tests {
         assert_eq!(DeadLetterSource::Influx.topic(), "influx");
         // A shape from a later release is an error, not a misread.
         assert!(DeadLetter::decode(&[0, 2, 0]).is_err());
+    }
+
+    #[test]
+    fn filters_match_every_field_they_set() {
+        let letter = DeadLetter::new(
+            DeadLetterReason::PluginRejected("too fast".into()),
+            DeadLetterSource::Plugin {
+                name: "jitter".into(),
+                version: "v1".into(),
+                input: Box::new(DeadLetterSource::Mqtt { topic: "couriers/c1/locations".into() }),
+            },
+            Some("c1".into()),
+            "",
+            vec![],
+            1_000,
+        );
+        let all = DeadLetterFilter::default();
+        assert!(all.is_empty() && all.matches(&letter));
+        let matching = DeadLetterFilter {
+            reason: Some("plugin_rejected".into()),
+            courier: Some("c1".into()),
+            source: Some(SourceKind::Plugin),
+            plugin: Some("jitter".into()),
+            since: Some(1_000),
+            until: Some(1_000),
+        };
+        assert!(matching.matches(&letter));
+        let misses = [
+            DeadLetterFilter { reason: Some("malformed".into()), ..all.clone() },
+            DeadLetterFilter { courier: Some("c2".into()), ..all.clone() },
+            DeadLetterFilter { source: Some(SourceKind::Mqtt), ..all.clone() },
+            DeadLetterFilter { plugin: Some("other".into()), ..all.clone() },
+            DeadLetterFilter { since: Some(1_001), ..all.clone() },
+            DeadLetterFilter { until: Some(999), ..all.clone() },
+        ];
+        for filter in misses {
+            assert!(!filter.matches(&letter), "{filter:?}");
+        }
     }
 
     #[test]

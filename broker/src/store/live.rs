@@ -25,6 +25,9 @@ pub(super) struct CourierLive {
     pub(super) record: CourierRecord,
     /// Changed since the last checkpoint.
     pub(super) dirty: bool,
+    /// The positions generation in which its last position last changed (0: not since the
+    /// store was opened).
+    pub(super) moved_at: u64,
 }
 
 /// The live view (behind the store's lock).
@@ -47,6 +50,10 @@ pub(super) struct Live {
     pub(super) applied_through: u64,
     /// Couriers with fixes since the last prune (only their tracks can have outgrown it).
     pub(super) touched: HashSet<String>,
+    /// Counts the entries that moved a courier's last position; each courier remembers the
+    /// one that last moved it (`moved_at`), so followers of positions (the console's live map)
+    /// ask for what moved since the generation they saw.
+    pub(super) positions_generation: u64,
 }
 
 /// An order's last location in the live view's maps: changed since the last checkpoint, or
@@ -98,6 +105,7 @@ impl Live {
         moved: &mut Vec<String>,
     ) {
         let CommitRecord { received_ms, couriers, reports, fixes } = record;
+        let generation = self.positions_generation + 1;
         if !fixes.is_empty() {
             for courier in &couriers {
                 if !self.touched.contains(courier) {
@@ -116,10 +124,15 @@ impl Live {
             let ts = stored.fix.ts_ms;
             let live = self.courier_mut(courier);
             // The newest device time wins, never the later arrival.
-            if live.record.last.as_ref().is_none_or(|last| ts >= last.fix.ts_ms) {
+            let newest = live.record.last.as_ref().is_none_or(|last| ts >= last.fix.ts_ms);
+            if newest {
                 live.record.last = Some(stored.clone());
+                live.moved_at = generation;
             }
             live.dirty = true;
+            if newest {
+                self.positions_generation = generation;
+            }
             for order in self.following.get(courier).into_iter().flatten() {
                 // The maps, not `self.order`: `self.following` is borrowed.
                 let known = order_in_memory(&self.orders, &self.orders_checkpointing, order);

@@ -51,7 +51,9 @@ pub mod seqs;
 pub mod track;
 
 pub use config::{DeadLetterConfig, StoreConfig, TrackConfig};
-pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSource};
+pub use dead_letter::{
+    DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterSource, SourceKind,
+};
 pub use log::{CommitRecord, LogEntry, LoggedFix, LoggedOrderEvent, OrderRecord, RecordBuilder};
 pub use receipts::{EdgeReceipt, ReceiptStatus};
 pub use records::{FixFields, FixView, StoredFix};
@@ -141,6 +143,9 @@ pub struct Commit {
     /// `record` is another worker's commit (cluster mode): written as a
     /// [`LogEntry::Replica`], applied to the views, not shipped.
     pub replica: bool,
+    /// Dead letters this commit resolves (replayed, their fixes in `record` or already
+    /// stored): removed with it, so a letter is gone exactly when what it held is in.
+    pub resolved_dead_letters: Vec<u64>,
 }
 
 /// What a commit changed that others follow.
@@ -180,6 +185,9 @@ struct Inner {
     /// Only the intake appends; contiguous ids make cursors plain numbers.
     next_log_id: AtomicU64,
     next_dead_letter_id: AtomicU64,
+    /// The live view's positions generation, for whoever follows positions
+    /// ([`Store::watch_positions`]).
+    positions: tokio::sync::watch::Sender<u64>,
     options: StoreOptions,
     shipper: Mutex<ShipperCursor>,
     /// Fixes in log entries the shipper has not finished.
@@ -287,6 +295,8 @@ const META_SHIPPER_CURSOR: &[u8] = b"shipper_cursor";
 const META_NEXT_BLOCK_ID: &[u8] = b"next_block_id";
 /// The views' cursor of the newest checkpoint begun (it may not have finished).
 const META_CHECKPOINT_TO: &[u8] = b"checkpoint_to";
+/// The next dead letter's id, written before letters are removed (ids are never reused).
+const META_NEXT_DEAD_LETTER: &[u8] = b"next_dead_letter_id";
 
 fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encoding of plain records cannot fail")
@@ -349,7 +359,7 @@ impl Store {
             let (courier, value) = entry?;
             let record: CourierRecord = decode("courier_state", &value)?;
             let courier = String::from_utf8_lossy(&courier).into_owned();
-            live.couriers.insert(courier, live::CourierLive { record, dirty: false });
+            live.couriers.insert(courier, live::CourierLive { record, ..Default::default() });
         }
         let views_cursor = meta_u64(&meta, META_VIEWS_CURSOR)?.unwrap_or(0);
         let checkpoint_to = meta_u64(&meta, META_CHECKPOINT_TO)?.unwrap_or(0);
@@ -383,7 +393,12 @@ impl Store {
         let next_log_id = last_log_id.max(views_cursor).max(stored_shipper) + 1;
 
         let dead_letters = db.open_tree("dead_letters")?;
-        let next_dead_letter_id = dead_letters.last()?.map_or(1, |(k, _)| u64_of(&k) + 1);
+        // Ids are never reused, even after the newest letters were purged or replayed.
+        let next_dead_letter_id = dead_letters
+            .last()?
+            .map_or(1, |(k, _)| u64_of(&k) + 1)
+            .max(meta_u64(&meta, META_NEXT_DEAD_LETTER)?.unwrap_or(1));
+        let positions = tokio::sync::watch::Sender::new(live.positions_generation);
         Ok(Store {
             inner: Arc::new(Inner {
                 log,
@@ -400,6 +415,7 @@ impl Store {
                 live: RwLock::new(live),
                 next_log_id: AtomicU64::new(next_log_id),
                 next_dead_letter_id: AtomicU64::new(next_dead_letter_id),
+                positions,
                 options,
                 shipper: Mutex::new(ShipperCursor {
                     through: shipper_through,
@@ -465,6 +481,7 @@ impl Store {
             notifications,
             receipts,
             replica,
+            resolved_dead_letters,
         } = commit;
         let inner = &self.inner;
         let first_id = inner.next_log_id.load(Ordering::Relaxed);
@@ -489,7 +506,8 @@ impl Store {
         let alone = dead_letters.is_empty()
             && replay_progress.is_none()
             && notifications.is_empty()
-            && receipts.is_empty();
+            && receipts.is_empty()
+            && resolved_dead_letters.is_empty();
         if alone && entries.len() <= 1 {
             for (id, entry) in &entries {
                 inner.log.insert(log::key(*id), entry.as_slice())?;
@@ -500,6 +518,9 @@ impl Store {
                 inner.next_dead_letter_id.fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
             for (i, letter) in dead_letters.iter().enumerate() {
                 letters.insert(&(first_letter + i as u64).to_be_bytes(), letter.encode());
+            }
+            for id in &resolved_dead_letters {
+                letters.remove(&id.to_be_bytes());
             }
             let trees = (
                 &inner.log,
@@ -557,7 +578,9 @@ impl Store {
         if let Some(orders) = orders {
             live.apply_orders(first_id + entries.len() as u64 - 1, orders);
         }
+        let positions = live.positions_generation;
         drop(live);
+        inner.positions.send_if_modified(|seen| std::mem::replace(seen, positions) != positions);
         committed.entries = entries.into_iter().map(|(_, entry)| entry).collect();
         Ok(committed)
     }
@@ -913,6 +936,75 @@ impl Store {
                 Ok((u64_of(&k), letter))
             })
             .collect()
+    }
+
+    /// Dead letters with id ≥ `after + 1` that `filter` matches, oldest first, with their ids.
+    pub fn dead_letters_matching(
+        &self,
+        filter: &DeadLetterFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.inner.dead_letters.range((after.saturating_add(1)).to_be_bytes()..) {
+            if found.len() == limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let letter = DeadLetter::decode(&v)
+                .map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })?;
+            if filter.matches(&letter) {
+                found.push((u64_of(&k), letter));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The dead letter `id`, if it is kept.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.inner
+            .dead_letters
+            .get(id.to_be_bytes())?
+            .map(|v| {
+                DeadLetter::decode(&v)
+                    .map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })
+            })
+            .transpose()
+    }
+
+    /// Removes the dead letters `ids` (those still kept); returns how many it removed.
+    /// Durable at the next flush.
+    pub fn remove_dead_letters(&self, ids: &[u64]) -> Result<usize, StoreError> {
+        // Remember the next id first: purging the newest letters must not hand their ids out
+        // again after a restart.
+        let next = self.inner.next_dead_letter_id.load(Ordering::Relaxed);
+        self.inner.meta.insert(META_NEXT_DEAD_LETTER, &next.to_be_bytes())?;
+        let mut removed = 0;
+        for id in ids {
+            if self.inner.dead_letters.remove(id.to_be_bytes())?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every courier's last position that changed after positions generation `seen` (0: every
+    /// one), and the generation they bring the caller to. See [`Store::watch_positions`].
+    pub fn positions_since(&self, seen: u64) -> (u64, Vec<(String, StoredFix)>) {
+        let live = self.live();
+        let changed = live
+            .couriers
+            .iter()
+            .filter(|(_, courier)| seen == 0 || courier.moved_at > seen)
+            .filter_map(|(id, courier)| Some((id.clone(), courier.record.last.clone()?)))
+            .collect();
+        (live.positions_generation, changed)
+    }
+
+    /// Follows the positions generation: it changes whenever a commit moves a courier's last
+    /// position, and [`Store::positions_since`] then tells which moved.
+    pub fn watch_positions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.positions.subscribe()
     }
 
     /// Removes track blocks whose fixes are all older than `min_ts_ms` and beyond the newest
