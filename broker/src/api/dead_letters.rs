@@ -25,7 +25,9 @@ use serde_json::{json, Value};
 const STEP: usize = 1000;
 
 /// The query of the dead-letter routes: a filter, paging, and for purges `all`. Public so the
-/// fuzz targets parse it the same way.
+/// fuzz targets parse it the same way. The filter's fields are spelled out rather than a
+/// flattened [`DeadLetterFilter`]: serde cannot refuse unknown fields through `flatten`, and a
+/// mistyped filter must be a 400, not a purge of everything.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterQuery {

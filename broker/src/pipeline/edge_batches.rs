@@ -17,6 +17,20 @@ use crate::store::{DeadLetter, DeadLetterReason, DeadLetterSource, EdgeReceipt, 
 use bytes::Bytes;
 
 impl Intake {
+    /// Why `edge` may not post `batch` under the rules as they are now (`None`: it may).
+    pub(super) fn edge_refusal(
+        &self,
+        edge: &str,
+        batch: &locus_sdk::wire::EdgeBatch,
+    ) -> Option<crate::edges::Refusal> {
+        match &self.edges {
+            Some(rules) => rules.refusal(edge, &batch.courier, batch.token.as_deref()),
+            None => Some(crate::edges::Refusal {
+                reason: DeadLetterReason::EdgeNotAllowed,
+                detail: "this server takes no edge batches".to_owned(),
+            }),
+        }
+    }
     /// Takes one part of an edge's request into the batch.
     pub(super) fn take_edge_batch(
         &mut self,
@@ -80,14 +94,7 @@ impl Intake {
             return Ok(());
         }
         let kept_ms = self.edges.as_ref().map_or(0, |rules| rules.receipts_kept_ms(edge));
-        let refusal = match &self.edges {
-            Some(rules) => rules.refusal(edge, &batch.courier, batch.token.as_deref()),
-            None => Some(crate::edges::Refusal {
-                reason: DeadLetterReason::EdgeNotAllowed,
-                detail: "this server takes no edge batches".to_owned(),
-            }),
-        };
-        if let Some(refusal) = refusal {
+        if let Some(refusal) = self.edge_refusal(edge, &batch) {
             self.metrics.edge_part("rejected");
             let detail = format!("edge {edge}, key {}: {}", batch.key, refusal.detail);
             if let Some(receipt) = building.receipts.get_mut(&receipt_key) {

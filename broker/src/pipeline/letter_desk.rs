@@ -347,3 +347,133 @@ impl Intake {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::pipeline::PipelineConfig;
+    use crate::store::Store;
+    use locus_sdk::wire;
+    use std::sync::Arc;
+
+    /// Replays `letters` (stored first) through an intake without plugins or edges; what became
+    /// of each, in order.
+    fn replay(store: &Store, letters: Vec<DeadLetter>) -> Vec<LetterOutcome> {
+        let count = letters.len();
+        store.record_dead_letters(letters).unwrap();
+        // Ids are never reused: the new letters are the newest.
+        let kept = store.dead_letters(0, usize::MAX).unwrap();
+        let ids: Vec<u64> = kept[kept.len() - count..].iter().map(|(id, _)| *id).collect();
+        let mut intake =
+            Intake::new(PipelineConfig::default(), store.clone(), Arc::new(Metrics::new()));
+        let (to_intake, from_api) = mpsc::channel();
+        intake.letters = Some(from_api);
+        let (answer, mut answered) = oneshot::channel();
+        to_intake.send(ReplayRequest { ids, answer }).unwrap();
+        let (built, owed) = intake.take_replays().expect("a replay waited");
+        intake.commit(built.commit).unwrap();
+        for (answer, report) in owed {
+            answer.send(report).unwrap();
+        }
+        answered.try_recv().unwrap().unwrap().letters
+    }
+
+    fn letter(reason: DeadLetterReason, topic: &str, payload: Vec<u8>) -> DeadLetter {
+        let source = DeadLetterSource::Mqtt { topic: topic.into() };
+        DeadLetter::new(reason, source, Some("c1".into()), "", payload, super::super::now_ms())
+    }
+
+    #[test]
+    fn each_kind_of_letter_is_resolved_refused_or_said_to_be_unsupported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = super::super::now_ms();
+        let report =
+            wire::Report { seq: 1, fixes: vec![Fix::from_degrees(now - 1_000, 41.0, 2.0)] };
+        let batch = wire::EdgeBatch {
+            key: "k1".into(),
+            part: 1,
+            parts: 1,
+            digest: [0; 16],
+            courier: "c1".into(),
+            token: None,
+            fixes: vec![Fix::from_degrees(now - 2_000, 41.0, 2.0)],
+        };
+        let line = format!(r#"{{"courier":"c2","ts":{},"lat":41.5,"lon":2.5}}"#, now - 3_000);
+        let replayed_line = DeadLetter::new(
+            DeadLetterReason::PluginFailed,
+            DeadLetterSource::Replay { file: "a.jsonl".into(), line: 3 },
+            Some("c2".into()),
+            "",
+            line.into_bytes(),
+            now,
+        );
+        let letters = vec![
+            letter(
+                DeadLetterReason::PluginFailed,
+                "couriers/c1/locations",
+                wire::encode_report(&report),
+            ),
+            letter(
+                DeadLetterReason::PluginFailed,
+                "couriers/c1/locations",
+                b"\x01\xff\xff".to_vec(),
+            ),
+            letter(
+                DeadLetterReason::PluginFailed,
+                "edge/web-1/batches",
+                wire::encode_edge_batch(&batch),
+            ),
+            letter(DeadLetterReason::OrderEventRefused, "couriers/c1/events", vec![1]),
+            letter(DeadLetterReason::EdgeKeyReused, "edge/web-1/batches", vec![1]),
+            DeadLetter::new(
+                DeadLetterReason::InfluxRejected,
+                DeadLetterSource::Influx,
+                None,
+                "",
+                b"locations x=1".to_vec(),
+                now,
+            ),
+            replayed_line,
+            DeadLetter::new(
+                DeadLetterReason::Malformed,
+                DeadLetterSource::Replay { file: "a.csv".into(), line: 2 },
+                None,
+                "",
+                b"c1,1,2,3".to_vec(),
+                now,
+            ),
+        ];
+        let outcomes: Vec<Outcome> = replay(&store, letters).iter().map(|o| o.outcome).collect();
+        use Outcome::{Refused, Resolved, Unsupported};
+        assert_eq!(
+            outcomes,
+            [
+                Resolved,
+                Refused,
+                Refused,
+                Unsupported,
+                Unsupported,
+                Unsupported,
+                Resolved,
+                Unsupported
+            ]
+        );
+        // The edge batch was refused because this server takes none (the rules as they are).
+        assert_eq!(store.track("c1", None, None, 10).unwrap().len(), 1);
+        assert_eq!(store.last_location("c2").unwrap().unwrap().fix.ts_ms, now - 3_000);
+        // Resolved letters are gone, the rest kept.
+        assert_eq!(store.dead_letters(0, usize::MAX).unwrap().len(), 6);
+
+        // The same report again, in a new letter: a duplicate, resolved, nothing stored twice.
+        let again = letter(
+            DeadLetterReason::PluginFailed,
+            "couriers/c1/locations",
+            wire::encode_report(&report),
+        );
+        let outcome = &replay(&store, vec![again])[0];
+        assert_eq!((outcome.outcome, outcome.fixes_stored, outcome.duplicates), (Resolved, 0, 1));
+        assert_eq!(store.track("c1", None, None, 10).unwrap().len(), 1);
+    }
+}
