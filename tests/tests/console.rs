@@ -193,9 +193,11 @@ fn a_tracking_link_shows_its_order_and_courier_only_while_the_order_is_active() 
         server.post("/v1/orders/o-mine/tokens", server.admin_token(), &json!({}));
     assert_eq!(status, 200, "{issued}");
     let token = issued["token"].as_str().unwrap();
+    let link = issued["tracking_path"].as_str().unwrap();
+    assert_eq!(link, format!("/track/o-mine?token={token}"));
 
     let browser = Browser::start(390, 844).expect("headless Chromium"); // a phone
-    browser.goto(&server.url(&format!("/track/o-mine?token={token}")));
+    browser.goto(&server.url(link));
     browser.wait_for("the active order", "window.locusTrack.state === 'active'", PATIENCE);
     browser.wait_for("the courier on the map", "window.locusTrack.markerLatLng()", PATIENCE);
     let marker = browser.run("return window.locusTrack.markerLatLng()", json!([]));

@@ -200,10 +200,14 @@ pub(super) async fn issue_token(
     let expires_at_s =
         body.expires_in_s.map(|lifetime| crate::auth::unix_now_s().saturating_add(lifetime));
     let token = authority.issue_with_expiry(crate::auth::Role::Order, &order, expires_at_s);
+    // Order ids and tokens are URL-safe (ids: `topics::is_valid_id`; tokens: base64url and
+    // dots), so the link needs no escaping.
+    let tracking_path = format!("/track/{order}?token={token}");
     Ok(Json(json!({
         "order": order,
         "token": token,
         "expires_at_s": expires_at_s,
+        "tracking_path": tracking_path,
         "mqtt": {
             "username": order,
             "client_id": format!("{}{order}", crate::mqtt::policy::CUSTOMER_CLIENT_PREFIX),
