@@ -106,9 +106,10 @@ fn operators_sign_in_watch_couriers_move_open_a_track_and_act_on_dead_letters() 
     );
     let first = browser.run("return window.locusConsole.markerLatLng('sim-3')", json!([]));
     assert!(first.is_array(), "{first}");
+    let (lat, lon) = (first[0].as_f64().unwrap(), first[1].as_f64().unwrap());
     browser.wait_for(
         "sim-3 moving on the map",
-        &format!("JSON.stringify(window.locusConsole.markerLatLng('sim-3')) !== '{first}'"),
+        &format!("(p => p[0] !== {lat:?} || p[1] !== {lon:?})(window.locusConsole.markerLatLng('sim-3'))"),
         PATIENCE,
     );
     browser.wait_for("the no-tiles notice", &is_shown("#tiles-notice"), PATIENCE);
