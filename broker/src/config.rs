@@ -263,6 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_console_setting_names_its_key_and_the_fix() {
+        let refused = [
+            ("[console]\ntile_url = \"tiles.example.org\"", "console.tile_url"),
+            ("[console]\ntile_url = \"https://t.example.org/{z}.png\"", "{y}"),
+            ("[console]\nlive_interval_ms = 0", "console.live_interval_ms"),
+            ("[console]\nmoving_min_speed_mps = -1.0", "console.moving_min_speed_mps"),
+            ("[console.initial_view]\nlat = 91.0\nlon = 0.0\nzoom = 3", "console.initial_view"),
+        ];
+        for (toml, named) in refused {
+            let error = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(error.contains(named), "{toml}: {error}");
+        }
+        let typo = Config::from_toml("[console]\ntile_ur = \"\"").unwrap_err().to_string();
+        assert!(typo.contains("tile_ur"), "{typo}");
+        Config::from_toml("[console]\ntile_url = \"\"").unwrap();
+    }
+
+    #[test]
     fn defaults_are_loopback_and_safe() {
         let c = Config::default();
         let (mqtt, http) = (c.mqtt.listen.unwrap(), c.http.listen.unwrap());

@@ -231,7 +231,7 @@ impl Feed {
     async fn next(&mut self) -> Option<Bytes> {
         let Some(seen) = self.seen else {
             self.positions.borrow_and_update();
-            let (generation, couriers) = self.store.positions_since(0);
+            let (generation, couriers) = self.store.positions_since(None);
             self.seen = Some(generation);
             return Some(event("snapshot", couriers));
         };
@@ -247,7 +247,7 @@ impl Feed {
             () = self.stopping.wait() => return None,
         }
         self.positions.borrow_and_update();
-        let (generation, couriers) = self.store.positions_since(seen);
+        let (generation, couriers) = self.store.positions_since(Some(seen));
         self.seen = Some(generation);
         self.last_sent = tokio::time::Instant::now();
         Some(match couriers.is_empty() {

@@ -48,18 +48,20 @@ pub fn dead_letter(id: u64, letter: &DeadLetter) -> serde_json::Value {
 /// A dead letter's source: `{"kind":"mqtt","topic"}`, `{"kind":"replay","file","line"}`,
 /// `{"kind":"plugin","name","version","input"}` (`input`: where the fix came from, one of the
 /// first two) or `{"kind":"influxdb"}`.
+/// `kind` is [`crate::store::SourceKind`]'s name, the one the `source=` filter takes.
 pub fn source(source: &DeadLetterSource) -> serde_json::Value {
-    match source {
-        DeadLetterSource::Mqtt { topic } => serde_json::json!({ "kind": "mqtt", "topic": topic }),
+    let mut value = match source {
+        DeadLetterSource::Mqtt { topic } => serde_json::json!({ "topic": topic }),
         DeadLetterSource::Replay { file, line } => {
-            serde_json::json!({ "kind": "replay", "file": file, "line": line })
+            serde_json::json!({ "file": file, "line": line })
         }
         DeadLetterSource::Plugin { name, version, input } => serde_json::json!({
-            "kind": "plugin",
             "name": name,
             "version": version,
             "input": self::source(input),
         }),
-        DeadLetterSource::Influx => serde_json::json!({ "kind": "influxdb" }),
-    }
+        DeadLetterSource::Influx => serde_json::json!({}),
+    };
+    value["kind"] = serde_json::to_value(source.kind()).expect("a source kind as JSON");
+    value
 }

@@ -479,6 +479,17 @@ impl Intake {
         }
     }
 
+    /// What `record` adds to the live fix stream, in the forms readers subscribed to (nothing
+    /// with `[pipeline] stream_fixes` off).
+    fn stream_batch(
+        &self,
+        record: &crate::store::CommitRecord,
+        demand: &crate::mqtt::StreamDemand,
+    ) -> fix_stream::StreamBatch {
+        let on = self.config.stream_fixes;
+        fix_stream::StreamBatch::of(record, on && demand.json(), on && demand.wire())
+    }
+
     /// A commit's log entries as written, kept for the other workers in cluster mode (and
     /// dropped otherwise).
     fn to_replicate(&self, entries: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
@@ -953,9 +964,7 @@ fn run_intake(
         };
         let BuiltBatch { commit, acks, reports, fixes, order_changes, notifications_through } =
             built;
-        let on = intake.config.stream_fixes;
-        let (json, wire) = (on && stream_demand.json(), on && stream_demand.wire());
-        let stream = fix_stream::StreamBatch::of(&commit.record, json, wire);
+        let stream = intake.stream_batch(&commit.record, &stream_demand);
         let committed = match intake.commit(commit) {
             Ok(committed) => committed,
             Err(e) => {
@@ -990,9 +999,7 @@ fn take_replays(
     stream_demand: &crate::mqtt::StreamDemand,
 ) -> Option<PendingAcks> {
     let (built, mut replay_answers) = intake.take_replays()?;
-    let on = intake.config.stream_fixes;
-    let (json, wire) = (on && stream_demand.json(), on && stream_demand.wire());
-    let stream = fix_stream::StreamBatch::of(&built.commit.record, json, wire);
+    let stream = intake.stream_batch(&built.commit.record, stream_demand);
     match intake.commit(built.commit) {
         Ok(committed) => Some(PendingAcks {
             replay_answers,

@@ -424,9 +424,9 @@ impl DeadLetterSource {
 }
 
 /// Which dead letters an operation is about (`GET`, replay, purge and export of
-/// `/v1/dead-letters`): every field that is set must match; none set matches every letter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `/v1/dead-letters`, whose query the API parses into one): every field that is set must
+/// match; none set matches every letter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {
     /// The reason's code (`plugin_rejected`, `malformed`, ...).
     pub reason: Option<String>,

@@ -309,6 +309,11 @@ fn decode<'a, T: serde::Deserialize<'a>>(
     postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt { tree, source })
 }
 
+/// A value of the `dead_letters` tree.
+fn decode_dead_letter(value: &[u8]) -> Result<DeadLetter, StoreError> {
+    DeadLetter::decode(value).map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })
+}
+
 fn u64_of(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -925,17 +930,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        self.inner
-            .dead_letters
-            .range((after.saturating_add(1)).to_be_bytes()..)
-            .take(limit)
-            .map(|entry| {
-                let (k, v) = entry?;
-                let letter = DeadLetter::decode(&v)
-                    .map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })?;
-                Ok((u64_of(&k), letter))
-            })
-            .collect()
+        self.dead_letters_matching(&DeadLetterFilter::default(), after, limit)
     }
 
     /// Dead letters with id ≥ `after + 1` that `filter` matches, oldest first, with their ids.
@@ -951,8 +946,7 @@ impl Store {
                 break;
             }
             let (k, v) = entry?;
-            let letter = DeadLetter::decode(&v)
-                .map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })?;
+            let letter = decode_dead_letter(&v)?;
             if filter.matches(&letter) {
                 found.push((u64_of(&k), letter));
             }
@@ -962,14 +956,7 @@ impl Store {
 
     /// The dead letter `id`, if it is kept.
     pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
-        self.inner
-            .dead_letters
-            .get(id.to_be_bytes())?
-            .map(|v| {
-                DeadLetter::decode(&v)
-                    .map_err(|source| StoreError::Corrupt { tree: "dead_letters", source })
-            })
-            .transpose()
+        self.inner.dead_letters.get(id.to_be_bytes())?.map(|v| decode_dead_letter(&v)).transpose()
     }
 
     /// Removes the dead letters `ids` (those still kept); returns how many it removed.
@@ -988,14 +975,14 @@ impl Store {
         Ok(removed)
     }
 
-    /// Every courier's last position that changed after positions generation `seen` (0: every
-    /// one), and the generation they bring the caller to. See [`Store::watch_positions`].
-    pub fn positions_since(&self, seen: u64) -> (u64, Vec<(String, StoredFix)>) {
+    /// Every courier's last position that changed after positions generation `seen` (`None`:
+    /// every one), and the generation they bring the caller to. See [`Store::watch_positions`].
+    pub fn positions_since(&self, seen: Option<u64>) -> (u64, Vec<(String, StoredFix)>) {
         let live = self.live();
         let changed = live
             .couriers
             .iter()
-            .filter(|(_, courier)| seen == 0 || courier.moved_at > seen)
+            .filter(|(_, courier)| seen.is_none_or(|seen| courier.moved_at > seen))
             .filter_map(|(id, courier)| Some((id.clone(), courier.record.last.clone()?)))
             .collect();
         (live.positions_generation, changed)
